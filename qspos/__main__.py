@@ -1,0 +1,3 @@
+from qspos.cli import main
+
+raise SystemExit(main())

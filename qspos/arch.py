@@ -1,0 +1,108 @@
+"""An arch: one choice per choice point, readable, hashable and stable across runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from qspos.errors import QsposError
+
+
+@dataclass(frozen=True, order=True)
+class Choice:
+    """The value taken at one choice point: bit-widths and (optionally) a width multiplier."""
+
+    w_bits: int
+    a_bits: int
+    width: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.width is None:
+            del d["width"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "choice") -> Choice:
+        unknown = set(d) - {"w_bits", "a_bits", "width"}
+        if unknown:
+            raise QsposError(f"{where}: unknown key(s) {sorted(unknown)}")
+        try:
+            width = d.get("width")
+            return cls(int(d["w_bits"]), int(d["a_bits"]), None if width is None else float(width))
+        except KeyError as e:
+            raise QsposError(f"{where}: missing key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise QsposError(f"{where}: {e}") from None
+
+
+class Arch(Mapping[str, Choice]):
+    """Immutable mapping from choice-point name to its :class:`Choice` (the genome of the search)."""
+
+    __slots__ = ("_choices", "_key")
+
+    def __init__(self, choices: Mapping[str, Choice]):
+        self._choices = dict(choices)
+        self._key = tuple(sorted(self._choices.items()))
+
+    def __getitem__(self, name: str) -> Choice:
+        return self._choices[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._choices)
+
+    def __len__(self) -> int:
+        return len(self._choices)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Arch) and self._key == other._key
+
+    def __repr__(self) -> str:
+        return f"Arch({self.digest()}, {len(self)} choice points)"
+
+    def replace(self, **changes: Choice) -> Arch:
+        return Arch({**self._choices, **changes})
+
+    def to_dict(self) -> dict[str, dict]:
+        return {name: choice.to_dict() for name, choice in self._choices.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Arch:
+        if not isinstance(d, Mapping):
+            raise QsposError("arch must be a mapping of choice-point name to {w_bits, a_bits, width}")
+        return cls({str(k): Choice.from_dict(v, where=f"arch[{k}]") for k, v in d.items()})
+
+    def digest(self) -> str:
+        """Stable 12-hex-digit hash of the canonical JSON form (same across runs and machines)."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(canon.encode()).hexdigest()[:12]
+
+    def save(self, path: str | Path) -> None:
+        """Write as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        else:
+            text = json.dumps(self.to_dict(), indent=2)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Arch:
+        path = Path(path)
+        if not path.is_file():
+            raise QsposError(f"arch file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except yaml.YAMLError as e:
+            raise QsposError(f"arch file {path} is not valid YAML/JSON: {e}") from None
+        if isinstance(data, Mapping) and "arch" in data and isinstance(data["arch"], Mapping):
+            data = data["arch"]
+        return cls.from_dict(data)

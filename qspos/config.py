@@ -1,0 +1,315 @@
+"""YAML config into typed, validated dataclasses. Every error names the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from qspos.errors import QsposError
+
+# ---------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_small"
+    num_classes: int = 10
+    in_channels: int = 1
+    input_size: int = 28
+    args: dict[str, Any] = field(default_factory=dict)  # extra factory arguments, e.g. depth
+
+
+@dataclass
+class FixedBits:
+    """Bits of a fixed (not searched) layer; null keeps that operand in float (counts 32)."""
+
+    w_bits: int | None = 8
+    a_bits: int | None = 8
+
+
+@dataclass
+class SpaceConfig:
+    pairs: list[list[int]] | None = None  # explicit (w_bits, a_bits) pairs, as in the paper
+    weight_bits: list[int] | None = None  # or the product weight_bits x act_bits
+    act_bits: list[int] | None = None
+    width_multipliers: list[float] = field(default_factory=lambda: [1.0])
+    tie: Literal["block", "layer"] = "block"
+    first: FixedBits = field(default_factory=FixedBits)
+    last: FixedBits = field(default_factory=FixedBits)
+
+
+@dataclass
+class QuantConfig:
+    backend: str = "reference"  # a quant_kernels backend: reference | fused | compiled
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion_mnist"
+    root: str | None = None  # default: the Debian package's folder for Fashion-MNIST
+    download: bool = False  # let torchvision download a missing dataset
+    val_size: int = 5000  # held out from the training split; the search only sees it
+    split_seed: int = 0
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    workers: int = 0
+    augment: bool = True
+    train_subset: int | None = None  # use only this many training images (quick runs)
+    synthetic_size: int = 2048  # images per split for the synthetic dataset
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 10.0
+    max_steps: int | None = None  # stop after this many steps (overrides epochs when smaller)
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "linear"] = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
+    sampling_budget: dict[str, Any] = field(default_factory=dict)
+    threshold_init_batches: int = 4
+    log_every: int = 20
+    checkpoint_every: int = 200
+    amp: bool = True  # used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    device: str = "auto"
+
+
+@dataclass
+class SearchConfig:
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    population: int = 50
+    iterations: int = 20
+    topk: int = 10
+    mutation_prob: float = 0.1
+    mutation_count: int = 25
+    crossover_count: int = 25
+    max_tries: int = 1000
+    calib_images: int = 2048  # BN recalibration images from the training split
+    val_images: int | None = None  # None: the whole held-out validation split
+    random_baseline: bool = True
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: float = 5.0
+    max_steps: int | None = None
+    lr: float = 0.01
+    weight_decay: float = 5e-5
+    init: Literal["supernet", "scratch", "float"] = "supernet"
+    float_checkpoint: str | None = None
+    pick: int | None = None  # finetune only the N-th search result (0-based); default: one per budget
+    log_every: int = 20
+    checkpoint_every: int = 200
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["onnx-qcdq", "qonnx", "packed"]] = field(
+        default_factory=lambda: ["onnx-qcdq", "qonnx", "packed"]
+    )
+    check_batch: int = 256
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.model.in_channels, self.model.input_size, self.model.input_size)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | Path | Mapping | Config | None = None, overrides: list[str] | None = None
+) -> Config:
+    """A Config from a YAML path, a dict or a Config, with ``key.sub=value`` overrides applied."""
+    if isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    elif source is None:
+        data = {}
+    else:
+        data = _read_yaml(Path(source))
+    for item in overrides or []:
+        _apply_override(data, item)
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise QsposError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise QsposError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise QsposError(f"config {path}: top level must be a mapping")
+    return data
+
+
+def _apply_override(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise QsposError(f"--set expects key=value, got {item!r}")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise QsposError(f"--set {key}: {part} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` (dataclass, Optional, list, dict, Literal, scalars)."""
+    where = key or "config"
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise QsposError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise QsposError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
+        return tp(**{k: _build(hints[k], v, _join(key, k)) for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise QsposError(f"{where}: must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, key)
+            except QsposError as e:
+                errors.append(str(e))
+        raise QsposError(errors[0])
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise QsposError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise QsposError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise QsposError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise QsposError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _check_bits(bits: int | None, key: str, allow_none: bool = False) -> None:
+    if bits is None and allow_none:
+        return
+    if bits is None or not 1 <= bits <= 16:
+        raise QsposError(f"{key}: bit-width {bits} is outside 1-16")
+
+
+def _validate(cfg: Config) -> None:
+    s = cfg.space
+    if s.pairs is not None and (s.weight_bits is not None or s.act_bits is not None):
+        raise QsposError("space: give either pairs or weight_bits x act_bits, not both")
+    if s.pairs is None and (s.weight_bits is None or s.act_bits is None):
+        raise QsposError("space: give pairs, or both weight_bits and act_bits")
+    if s.pairs is not None:
+        if not s.pairs:
+            raise QsposError("space.pairs: empty domain")
+        for i, pair in enumerate(s.pairs):
+            if len(pair) != 2:
+                raise QsposError(f"space.pairs[{i}]: expected [w_bits, a_bits], got {pair}")
+            _check_bits(pair[0], f"space.pairs[{i}]")
+            _check_bits(pair[1], f"space.pairs[{i}]")
+    else:
+        for key in ("weight_bits", "act_bits"):
+            values = getattr(s, key)
+            if not values:
+                raise QsposError(f"space.{key}: empty domain")
+            for i, b in enumerate(values):
+                _check_bits(b, f"space.{key}[{i}]")
+    if not s.width_multipliers:
+        raise QsposError("space.width_multipliers: empty domain")
+    for i, m in enumerate(s.width_multipliers):
+        if not 0 < m <= 4:
+            raise QsposError(f"space.width_multipliers[{i}]: {m} is outside (0, 4]")
+    for part in ("first", "last"):
+        fixed = getattr(s, part)
+        _check_bits(fixed.w_bits, f"space.{part}.w_bits", allow_none=True)
+        _check_bits(fixed.a_bits, f"space.{part}.a_bits", allow_none=True)
+    positive = {
+        "model.num_classes": cfg.model.num_classes,
+        "model.in_channels": cfg.model.in_channels,
+        "model.input_size": cfg.model.input_size,
+        "data.batch_size": cfg.data.batch_size,
+        "data.eval_batch_size": cfg.data.eval_batch_size,
+        "search.population": cfg.search.population,
+        "search.topk": cfg.search.topk,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise QsposError(f"{key}: must be positive, got {v}")
+    if cfg.data.val_size < 0:
+        raise QsposError(f"data.val_size: must be >= 0, got {cfg.data.val_size}")
+    if not 0 <= cfg.search.mutation_prob <= 1:
+        raise QsposError(f"search.mutation_prob: {cfg.search.mutation_prob} is outside [0, 1]")

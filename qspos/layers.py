@@ -1,0 +1,304 @@
+"""Searchable Brevitas layers: one shared float weight at max width, a learned clipping threshold
+per bit-width, and the active choice held in tensor buffers (switching paths rebuilds nothing).
+
+Each layer can hand out the static Brevitas layer for its active setting (Once-for-All style):
+``to_static()`` returns a plain ``brevitas.nn.QuantConv2d`` / ``QuantLinear`` whose input and
+weight quantizers carry the active bit-widths and learned thresholds, so the two compute the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from brevitas.inject.enum import ScalingImplType
+from brevitas.nn import QuantConv2d, QuantLinear
+from brevitas.quant import (
+    Int8ActPerTensorFloat,
+    Int8WeightPerChannelFloat,
+    Uint8ActPerTensorFloat,
+)
+from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+from torch import Tensor, nn
+
+from quant_kernels import fake_quant_impl
+
+Bits = int | None  # None: the operand stays float (counts 32 bits in the cost model)
+
+
+def channels(base: int, multiplier: float | None) -> int:
+    """Active channel count for a width multiplier on ``base`` channels (the one rounding rule)."""
+    if multiplier is None:
+        return base
+    return max(1, int(round(base * multiplier)))
+
+
+class BitChoiceQuantizer(nn.Module):
+    """Fake quantizer with one learned clipping threshold per bit-width choice.
+
+    ``threshold`` has shape (n_choices, channels): per output channel for weights, one column
+    for activations. Only the active row takes part in the forward pass, so only it gets gradient.
+    """
+
+    def __init__(self, bit_choices: Sequence[Bits], channels: int, signed: bool, narrow: bool):
+        super().__init__()
+        if any(b is None for b in bit_choices) and len(bit_choices) > 1:
+            raise ValueError("a float (None) operand cannot share a layer with quantized choices")
+        self.bit_choices: tuple[Bits, ...] = tuple(bit_choices)
+        self.signed, self.narrow = signed, narrow
+        self.quantized = self.bit_choices[0] is not None
+        self.backend = "reference"  # name in quant_kernels.FAKE_QUANT_BACKENDS
+        self.binary = signed and narrow and 1 in self.bit_choices
+        table = [float(b) if b is not None else 32.0 for b in self.bit_choices]
+        self.register_buffer("bits_table", torch.tensor(table))
+        self.register_buffer("index", torch.zeros((), dtype=torch.long))
+        self.threshold = nn.Parameter(torch.ones(len(self.bit_choices), channels))
+
+    @property
+    def active_bits(self) -> Bits:
+        return self.bit_choices[int(self.index)]
+
+    def select(self, bits: Bits) -> None:
+        try:
+            self.index.fill_(self.bit_choices.index(bits))
+        except ValueError:
+            raise ValueError(f"{bits}-bit is not among this layer's choices {self.bit_choices}") from None
+
+    def active_threshold(self, n: int | None = None) -> Tensor:
+        """Threshold of the active bit-width for the first ``n`` channels (all when None)."""
+        row = self.threshold[self.index]
+        return row if n is None else row[:n]
+
+    def forward(self, x: Tensor, n_channels: int | None = None) -> Tensor:
+        if not self.quantized:
+            return x
+        t = self.active_threshold(n_channels)
+        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
+        fq = fake_quant_impl(self.backend)
+        return fq(x, t, self.bits_table[self.index], self.signed, self.narrow, self.binary)
+
+
+class SearchableLayer(nn.Module):
+    """Shared machinery of searchable conv and linear layers (weights at max width)."""
+
+    weight: nn.Parameter
+
+    def __init__(self, ref: nn.Conv2d | nn.Linear, in_max: int, out_max: int, input_signed: bool):
+        super().__init__()
+        self.weight, self.bias = ref.weight, ref.bias
+        self.in_max, self.out_max = in_max, out_max
+        self.input_signed = input_signed
+        self.register_buffer("in_active", torch.tensor(in_max))
+        self.register_buffer("out_active", torch.tensor(out_max))
+        self.configure_bits((8,), (8,))
+
+    def configure_bits(self, w_choices: Sequence[Bits], a_choices: Sequence[Bits]) -> None:
+        """(Re)create the quantizers for these bit-width choices, thresholds from the weights."""
+        self.weight_quant = BitChoiceQuantizer(w_choices, self.out_max, signed=True, narrow=True)
+        self.input_quant = BitChoiceQuantizer(
+            a_choices, 1, signed=self.input_signed, narrow=False
+        )
+        self.init_weight_thresholds()
+
+    @torch.no_grad()
+    def init_weight_thresholds(self) -> None:
+        """Per-channel threshold per bit-width: LSQ-style 2·mean|w|·sqrt(Qp), at most max|w|;
+        binary weights take mean|w| (the scale that minimises the L2 error of sign(w))."""
+        w = self.weight.detach().flatten(1).abs()
+        mean, mx = w.mean(1), w.amax(1)
+        for i, b in enumerate(self.weight_quant.bit_choices):
+            if b is None:
+                continue
+            t = mean if b == 1 else torch.minimum(mx, 2 * mean * (2 ** (b - 1) - 1) ** 0.5)
+            self.weight_quant.threshold[i].copy_(t.clamp_min(1e-8))
+
+    def set_active(self, w_bits: Bits, a_bits: Bits) -> None:
+        self.weight_quant.select(w_bits)
+        self.input_quant.select(a_bits)
+
+    def set_channels(self, in_channels: int | None = None, out_channels: int | None = None) -> None:
+        if in_channels is not None:
+            self.in_active.fill_(_check(in_channels, self.in_max, "input"))
+        if out_channels is not None:
+            self.out_active.fill_(_check(out_channels, self.out_max, "output"))
+
+    @property
+    def active(self) -> tuple[int, int, Bits, Bits]:
+        """(in_channels, out_channels, w_bits, a_bits) of the active setting."""
+        return (int(self.in_active), int(self.out_active),
+                self.weight_quant.active_bits, self.input_quant.active_bits)
+
+    def active_weight(self) -> Tensor:
+        """Max-width weight sliced to the active channels (first k out, first k in)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.active_weight()
+        xq = self.input_quant(x)
+        wq = self.weight_quant(w, w.shape[0])
+        return self._op(xq, wq)
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _static_quant_kwargs(self) -> dict:
+        """Brevitas quantizer arguments carrying the active bits and learned thresholds."""
+        kw: dict = {}
+        w_bits, a_bits = self.weight_quant.active_bits, self.input_quant.active_bits
+        out = int(self.out_active)
+        if w_bits is None:
+            kw["weight_quant"] = None
+        else:
+            shape = (out,) + (1,) * (self.weight.dim() - 1)
+            t = self.weight_quant.active_threshold(out).detach().clone().view(shape)
+            kw["weight_quant"] = BinaryWeightQuant if w_bits == 1 else WeightQuant
+            kw["weight_scaling_init"] = t
+            if w_bits != 1:
+                kw["weight_bit_width"] = w_bits
+        if a_bits is not None:
+            kw["input_quant"] = SignedActQuant if self.input_signed else UnsignedActQuant
+            kw["input_bit_width"] = a_bits
+            kw["input_scaling_init"] = self.input_quant.active_threshold().detach().clone().view(())
+        return kw
+
+
+def _check(n: int, n_max: int, what: str) -> int:
+    if not 1 <= n <= n_max:
+        raise ValueError(f"{what} channels {n} outside 1..{n_max}")
+    return n
+
+
+class SearchableConv2d(SearchableLayer):
+    """Conv2d whose bits and channel counts are chosen per path (groups = 1 or depthwise)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        groups: int = 1,
+        bias: bool = False,
+        input_signed: bool = False,
+    ):
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        if groups not in (1, in_channels) or (groups > 1 and in_channels != out_channels):
+            raise ValueError("SearchableConv2d supports groups=1 or depthwise convolutions only")
+        super().__init__(ref, in_channels, out_channels, input_signed)
+        self.depthwise = groups > 1
+        self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
+
+    def active_weight(self) -> Tensor:
+        out = int(self.out_active)
+        if self.depthwise:
+            return self.weight[:out]
+        return self.weight[:out, : int(self.in_active)]
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias[: w.shape[0]]
+        groups = w.shape[0] if self.depthwise else 1
+        return F.conv2d(x, w, bias, self.stride, self.padding, 1, groups)
+
+    @torch.no_grad()
+    def to_static(self) -> QuantConv2d:
+        in_c, out_c, _, _ = self.active
+        if self.depthwise:
+            in_c = out_c
+        layer = QuantConv2d(
+            in_c, out_c, self.kernel_size, self.stride, self.padding,
+            groups=out_c if self.depthwise else 1, bias=self.bias is not None,
+            **self._static_quant_kwargs(),
+        )
+        layer.weight.copy_(self.active_weight())
+        if self.bias is not None:
+            layer.bias.copy_(self.bias[:out_c])
+        return layer
+
+
+class SearchableLinear(SearchableLayer):
+    """Linear layer whose bits and feature counts are chosen per path."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, input_signed: bool = False):
+        super().__init__(nn.Linear(in_features, out_features, bias=bias), in_features, out_features,
+                         input_signed)
+
+    def active_weight(self) -> Tensor:
+        return self.weight[: int(self.out_active), : int(self.in_active)]
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias[: w.shape[0]]
+        return F.linear(x, w, bias)
+
+    @torch.no_grad()
+    def to_static(self) -> QuantLinear:
+        in_f, out_f, _, _ = self.active
+        layer = QuantLinear(in_f, out_f, bias=self.bias is not None, **self._static_quant_kwargs())
+        layer.weight.copy_(self.active_weight())
+        if self.bias is not None:
+            layer.bias.copy_(self.bias[:out_f])
+        return layer
+
+
+class SlicedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm at max width that normalises the first k channels (statistics shared)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__(num_features, eps, momentum)
+        self.register_buffer("num_active", torch.tensor(num_features))
+
+    def set_channels(self, n: int) -> None:
+        self.num_active.fill_(_check(n, self.num_features, "BatchNorm"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        else:
+            factor = 0.0
+        use_batch_stats = self.training or not self.track_running_stats
+        return F.batch_norm(
+            x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
+            use_batch_stats, factor, self.eps,
+        )
+
+    @torch.no_grad()
+    def to_static(self) -> nn.BatchNorm2d:
+        c = int(self.num_active)
+        bn = nn.BatchNorm2d(c, self.eps, self.momentum)
+        bn.weight.copy_(self.weight[:c])
+        bn.bias.copy_(self.bias[:c])
+        bn.running_mean.copy_(self.running_mean[:c])
+        bn.running_var.copy_(self.running_var[:c])
+        bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn
+
+
+# Brevitas quantizers carrying a learned threshold as a parameter (initialised from the supernet).
+
+
+class WeightQuant(Int8WeightPerChannelFloat):
+    """Signed narrow-range per-output-channel weights with a learned threshold."""
+
+    scaling_impl_type = ScalingImplType.PARAMETER
+
+
+class BinaryWeightQuant(SignedBinaryWeightPerTensorConst):
+    """1-bit weights: sign(w) times a learned per-output-channel threshold."""
+
+    scaling_impl_type = ScalingImplType.PARAMETER
+    scaling_per_output_channel = True
+
+
+class UnsignedActQuant(Uint8ActPerTensorFloat):
+    """Unsigned per-tensor activations (after ReLU) with a learned threshold."""
+
+    scaling_impl_type = ScalingImplType.PARAMETER
+
+
+class SignedActQuant(Int8ActPerTensorFloat):
+    """Signed per-tensor activations (network input) with a learned threshold."""
+
+    scaling_impl_type = ScalingImplType.PARAMETER
