@@ -66,24 +66,41 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """What every training loop (supernet training and fine-tuning) is configured by."""
+
     epochs: float = 10.0
     max_steps: int | None = None  # stop after this many steps (overrides epochs when smaller)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # on conv/linear weights only (not thresholds, BN or biases)
     schedule: Literal["cosine", "linear"] = "cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
-    sampling_budget: dict[str, Any] = field(default_factory=dict)
-    threshold_init_batches: int = 4
     log_every: int = 20
     checkpoint_every: int = 200
     amp: bool = True  # used on CUDA only
     channels_last: bool = True  # used on CUDA only
     device: str = "auto"
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
+    sampling_budget: dict[str, Any] = field(default_factory=dict)
+    threshold_init_batches: int = 4
+
+
+@dataclass
+class FinetuneConfig(OptimConfig):
+    epochs: float = 5.0
+    lr: float = 0.01
+    weight_decay: float = 5e-5
+    warmup_epochs: float = 0.0
+    init: Literal["supernet", "scratch", "float"] = "supernet"
+    float_checkpoint: str | None = None
+    pick: int | None = None  # finetune only the N-th search result (0-based); default: one per budget
 
 
 @dataclass
@@ -100,19 +117,6 @@ class SearchConfig:
     val_images: int | None = None  # None: the whole held-out validation split
     random_baseline: bool = True
     seed: int = 0
-
-
-@dataclass
-class FinetuneConfig:
-    epochs: float = 5.0
-    max_steps: int | None = None
-    lr: float = 0.01
-    weight_decay: float = 5e-5
-    init: Literal["supernet", "scratch", "float"] = "supernet"
-    float_checkpoint: str | None = None
-    pick: int | None = None  # finetune only the N-th search result (0-based); default: one per budget
-    log_every: int = 20
-    checkpoint_every: int = 200
 
 
 @dataclass

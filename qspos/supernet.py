@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -16,9 +17,11 @@ from torch import Tensor, nn
 from qspos.arch import Arch
 from qspos.backbones import create_model
 from qspos.blocks import SearchBlock, WidthSlot
+from qspos.checkpoint import load_checkpoint
 from qspos.config import Config, SpaceConfig
 from qspos.errors import QsposError
 from qspos.layers import SearchableLayer, SlicedBatchNorm2d, channels
+from qspos.rundir import SUPERNET_SECTIONS, fingerprint
 from qspos.space import ChoicePoint, Space, make_pairs
 
 
@@ -128,4 +131,21 @@ def build_supernet(cfg: Config) -> Supernet:
     )
     supernet = Supernet(net, cfg.space)
     supernet.set_quant_backend(cfg.quant.backend)
+    return supernet
+
+
+def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True) -> Supernet:
+    """A supernet of ``cfg`` with the weights of a training checkpoint (``supernet.pt``).
+
+    Refuses a checkpoint whose model/space differ from the config, or (by default) one whose
+    training has not finished.
+    """
+    state = load_checkpoint(path)
+    want = fingerprint(cfg, *SUPERNET_SECTIONS)
+    if state.get("fingerprint") != want:
+        raise QsposError(f"{path} was trained with another model/space config than this one")
+    if require_complete and not state.get("complete", False):
+        raise QsposError(f"{path} is an unfinished training checkpoint; finish it with 'qspos train --resume'")
+    supernet = build_supernet(cfg)
+    supernet.load_state_dict(state["model"])
     return supernet

@@ -37,9 +37,14 @@ def scale_of(threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool) -
 def fake_quant(
     x: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool = False
 ) -> Tensor:
-    """Quantize-dequantize ``x``; ``binary=True`` adds the 1-bit signed branch (chosen by value)."""
-    scale = scale_of(threshold, bit_width, signed, narrow)
-    q = round_ste(x / scale).clamp(min_int(signed, narrow, bit_width), max_int(signed, narrow, bit_width))
+    """Quantize-dequantize ``x``; ``binary=True`` adds the 1-bit signed branch (chosen by value).
+
+    The integer branch is evaluated at >= 2 bits when ``binary`` is set: at 1 bit its scale is
+    t / 0 = inf, and the inf * 0 of the unselected branch would turn every gradient into NaN.
+    """
+    int_bits = bit_width.clamp_min(2) if binary else bit_width
+    scale = scale_of(threshold, int_bits, signed, narrow)
+    q = round_ste(x / scale).clamp(min_int(signed, narrow, int_bits), max_int(signed, narrow, int_bits))
     y = q * scale
     if binary:
         y_bin = binary_sign_ste(x) * threshold.abs().clamp_min(SCALING_MIN_VAL)
