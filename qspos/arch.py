@@ -21,6 +21,11 @@ class Choice:
     a_bits: int
     width: float | None = None
 
+    def __post_init__(self) -> None:
+        # one canonical form: Choice(2, 2, 1) and Choice(2, 2, 1.0) are equal, so digest alike
+        if self.width is not None:
+            object.__setattr__(self, "width", float(self.width))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.width is None:
@@ -32,13 +37,16 @@ class Choice:
         unknown = set(d) - {"w_bits", "a_bits", "width"}
         if unknown:
             raise QsposError(f"{where}: unknown key(s) {sorted(unknown)}")
-        try:
-            width = d.get("width")
-            return cls(int(d["w_bits"]), int(d["a_bits"]), None if width is None else float(width))
-        except KeyError as e:
-            raise QsposError(f"{where}: missing key {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise QsposError(f"{where}: {e}") from None
+        missing = [k for k in ("w_bits", "a_bits") if k not in d]
+        if missing:
+            raise QsposError(f"{where}: missing key {missing[0]!r}")
+        for key in ("w_bits", "a_bits"):  # int() would silently turn 2.5 or True into a bit-width
+            if isinstance(d[key], bool) or not isinstance(d[key], int):
+                raise QsposError(f"{where}.{key}: expected an integer bit-width, got {d[key]!r}")
+        width = d.get("width")
+        if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float))):
+            raise QsposError(f"{where}.width: expected a number, got {width!r}")
+        return cls(d["w_bits"], d["a_bits"], width)
 
 
 class Arch(Mapping[str, Choice]):

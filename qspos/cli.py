@@ -66,15 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_cost(args: argparse.Namespace) -> int:
     from qspos.arch import Arch
     from qspos.config import load_config
+
+    # read the user's files before importing torch/Brevitas (seconds): bad input fails at once
+    cfg = load_config(args.config, args.overrides)
+    arch_file = Arch.load(args.arch) if args.arch else None
+
     from qspos.cost import CostModel
     from qspos.progress import table
     from qspos.supernet import build_supernet
 
-    cfg = load_config(args.config, args.overrides)
     supernet = build_supernet(cfg)
     model = CostModel(supernet, cfg.input_shape)
-    if args.arch:
-        arch = supernet.space.validate(Arch.load(args.arch), domain=False)
+    if arch_file is not None:
+        arch = supernet.space.validate(arch_file, domain=False)
         label = args.arch
     else:
         w, a = args.uniform or max(supernet.space.points[0].pairs, key=lambda p: p[0] * p[1])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -57,7 +59,7 @@ class DataConfig:
     download: bool = False  # let torchvision download a missing dataset
     val_size: int = 5000  # held out from the training split; the search only sees it
     split_seed: int = 0
-    batch_size: int = 256
+    batch_size: int = 256  # global: split over the processes under torchrun
     eval_batch_size: int = 512
     workers: int = 0
     augment: bool = True
@@ -95,12 +97,13 @@ class TrainConfig(OptimConfig):
 @dataclass
 class FinetuneConfig(OptimConfig):
     epochs: float = 5.0
-    lr: float = 0.01
+    lr: float = 0.05  # quickstart, 1 epoch: +3 to +4 points of val top-1 where 0.01 lost 0.4 to 1
     weight_decay: float = 5e-5
     warmup_epochs: float = 0.0
     init: Literal["supernet", "scratch", "float"] = "supernet"
-    float_checkpoint: str | None = None
-    pick: int | None = None  # finetune only the N-th search result (0-based); default: one per budget
+    float_checkpoint: str | None = None  # init: float: state_dict of the float backbone (same names)
+    pick: int | None = None  # fine-tune each budget's N-th best arch (0-based) instead of its best
+    baselines: bool = False  # also fine-tune each budget's uniform arch, for the report's comparison
 
 
 @dataclass
@@ -115,7 +118,9 @@ class SearchConfig:
     max_tries: int = 1000
     calib_images: int = 2048  # BN recalibration images from the training split
     val_images: int | None = None  # None: the whole held-out validation split
-    random_baseline: bool = True
+    random_baseline: bool = True  # random search with as many evaluations, as a baseline
+    latency_table: str | None = None  # JSON from 'python -m qspos.latency' (latency_ms budgets)
+    device: str = "auto"
     seed: int = 0
 
 
@@ -124,7 +129,7 @@ class ExportConfig:
     formats: list[Literal["onnx-qcdq", "qonnx", "packed"]] = field(
         default_factory=lambda: ["onnx-qcdq", "qonnx", "packed"]
     )
-    check_batch: int = 256
+    check_batch: int = 256  # images whose ONNX logits are compared with PyTorch's
 
 
 @dataclass
@@ -163,7 +168,7 @@ def load_config(
     if isinstance(source, Config):
         data = source.to_dict()
     elif isinstance(source, Mapping):
-        data = dict(source)
+        data = copy.deepcopy(dict(source))  # overrides must not write into the caller's dict
     elif source is None:
         data = {}
     else:
@@ -255,9 +260,14 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_TEXT.match(value):
+        return float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise QsposError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -269,6 +279,24 @@ def _check_bits(bits: int | None, key: str, allow_none: bool = False) -> None:
         return
     if bits is None or not 1 <= bits <= 16:
         raise QsposError(f"{key}: bit-width {bits} is outside 1-16")
+
+
+def _validate_optim(o: OptimConfig, section: str) -> None:
+    """Ranges of the optimiser settings shared by supernet training and fine-tuning."""
+    checks = [
+        ("epochs", o.epochs > 0, "must be positive"),
+        ("max_steps", o.max_steps is None or o.max_steps > 0, "must be positive or null"),
+        ("lr", o.lr > 0, "must be positive"),
+        ("momentum", 0 <= o.momentum < 1, "must be in [0, 1)"),
+        ("weight_decay", o.weight_decay >= 0, "must be >= 0"),
+        ("warmup_epochs", o.warmup_epochs >= 0, "must be >= 0"),
+        ("label_smoothing", 0 <= o.label_smoothing < 1, "must be in [0, 1)"),
+        ("log_every", o.log_every > 0, "must be positive"),
+        ("checkpoint_every", o.checkpoint_every > 0, "must be positive"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise QsposError(f"{section}.{key}: {why}, got {getattr(o, key)!r}")
 
 
 def _validate(cfg: Config) -> None:
@@ -297,6 +325,10 @@ def _validate(cfg: Config) -> None:
     for i, m in enumerate(s.width_multipliers):
         if not 0 < m <= 4:
             raise QsposError(f"space.width_multipliers[{i}]: {m} is outside (0, 4]")
+    for key in ("pairs", "weight_bits", "act_bits", "width_multipliers"):
+        values = [tuple(v) if isinstance(v, list) else v for v in getattr(s, key) or []]
+        if len(set(values)) != len(values):
+            raise QsposError(f"space.{key}: duplicate entries (the space would count and sample them twice)")
     for part in ("first", "last"):
         fixed = getattr(s, part)
         _check_bits(fixed.w_bits, f"space.{part}.w_bits", allow_none=True)
@@ -315,5 +347,39 @@ def _validate(cfg: Config) -> None:
             raise QsposError(f"{key}: must be positive, got {v}")
     if cfg.data.val_size < 0:
         raise QsposError(f"data.val_size: must be >= 0, got {cfg.data.val_size}")
+    if cfg.data.workers < 0:
+        raise QsposError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    _validate_optim(cfg.train, "train")
+    _validate_optim(cfg.finetune, "finetune")
+    if cfg.train.threshold_init_batches < 0:
+        raise QsposError(f"train.threshold_init_batches: must be >= 0, got {cfg.train.threshold_init_batches}")
+    if cfg.train.sampling == "budget" and not cfg.train.sampling_budget:
+        raise QsposError("train.sampling_budget: sampling 'budget' needs a budget, e.g. {bitops: uniform 3,3}")
+    _validate_finetune(cfg.finetune)
+    if cfg.export.check_batch <= 0:
+        raise QsposError(f"export.check_batch: must be positive, got {cfg.export.check_batch}")
+    if not cfg.export.formats or len(set(cfg.export.formats)) != len(cfg.export.formats):
+        raise QsposError(f"export.formats: give one or more distinct formats, got {cfg.export.formats}")
     if not 0 <= cfg.search.mutation_prob <= 1:
         raise QsposError(f"search.mutation_prob: {cfg.search.mutation_prob} is outside [0, 1]")
+    _validate_search(cfg.search)
+
+
+def _validate_finetune(f: FinetuneConfig) -> None:
+    if f.init == "float" and not f.float_checkpoint:
+        raise QsposError("finetune.float_checkpoint: init 'float' needs the float model's checkpoint")
+    if f.pick is not None and f.pick < 0:
+        raise QsposError(f"finetune.pick: must be >= 0, got {f.pick}")
+
+
+def _validate_search(s: SearchConfig) -> None:
+    from qspos.budget import check_budget_entries  # budget needs the cost model, which needs config
+
+    counts = {"iterations": (s.iterations, 1), "max_tries": (s.max_tries, 1), "calib_images": (s.calib_images, 1),
+              "mutation_count": (s.mutation_count, 0), "crossover_count": (s.crossover_count, 0)}
+    for key, (v, least) in counts.items():
+        if v < least:
+            raise QsposError(f"search.{key}: must be >= {least}, got {v}")
+    if s.val_images is not None and s.val_images < 1:
+        raise QsposError(f"search.val_images: must be positive or null, got {s.val_images}")
+    check_budget_entries(s.budgets, "search.budgets")

@@ -72,60 +72,92 @@ class Cost:
         return d
 
 
+@dataclass(frozen=True)
+class _Part:
+    """Cost of the layers that depend on the same choice points, for one combination of choices."""
+
+    layers: tuple[LayerCost, ...]
+    macs: int
+    bitops: int
+    size_bits: int
+    searched_bitops: int
+    bias_params: int
+
+
 class CostModel:
-    """Costs of archs of one supernet, from shapes traced once."""
+    """Costs of archs of one supernet, from shapes traced once.
+
+    Layers depending on the same choice points (a block's convs, with ``tie: block``) form a
+    group whose cost is memoised per combination of their choices, so pricing an arch is one
+    dictionary look-up per group (the search and budget sampling price very many archs).
+    """
 
     def __init__(self, supernet: Supernet, input_shape: tuple[int, int, int]):
         self.space = supernet.space
         self.plan = trace_plan(supernet, input_shape)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, p in enumerate(self.plan):
+            points = tuple(dict.fromkeys(n for n in (p.in_point, p.out_point, p.bits_point) if n))
+            groups.setdefault(points, []).append(i)
+        self._groups = [(points, tuple(idx), {}) for points, idx in groups.items()]
 
-    @staticmethod
-    def _resolve(p: LayerPlan, arch: Arch) -> tuple[int, int, int, int, int]:
-        """(in channels, out channels, w_bits, a_bits, params) of one layer under ``arch``."""
-        cin = channels(p.in_base, arch[p.in_point].width) if p.in_point else p.in_base
-        cout = channels(p.out_base, arch[p.out_point].width) if p.out_point else p.out_base
-        if p.bits_point:
-            c = arch[p.bits_point]
-            w, a = c.w_bits, c.a_bits
-        else:
-            w, a = p.fixed_bits
-        params = cout * (1 if p.depthwise else cin) * p.kernel
-        return cin, cout, w or FLOAT_BITS, a or FLOAT_BITS, params
+    def _part(self, group: tuple[tuple[str, ...], tuple[int, ...], dict], arch: Arch) -> _Part:
+        points, idx, memo = group
+        key = tuple([arch[n] for n in points])
+        part = memo.get(key)
+        if part is None:
+            part = memo[key] = _price([self.plan[i] for i in idx], arch)
+        return part
 
     def cost(self, arch: Arch) -> Cost:
         """Full per-layer cost report of ``arch`` (need not be in the domain: e.g. uniform 3,3)."""
-        layers = []
-        for p in self.plan:
-            cin, cout, w, a, params = self._resolve(p, arch)
-            macs = p.spatial * params
-            layers.append(
-                LayerCost(p.name, p.kind, cin, cout, macs, params, w, a, macs * w * a, p.bits_point is not None)
-            )
-        return Cost(
-            macs=sum(lc.macs for lc in layers),
-            bitops=sum(lc.bitops for lc in layers),
-            size_bits=sum(lc.params * lc.w_bits for lc in layers),
-            searched_bitops=sum(lc.bitops for lc in layers if lc.searched),
-            bias_params=sum(lc.out_channels for p, lc in zip(self.plan, layers) if p.has_bias),
-            layers=tuple(layers),
-        )
+        layers: list[LayerCost] = [None] * len(self.plan)  # type: ignore[list-item]
+        macs = bitops = size = searched = bias = 0
+        for group in self._groups:
+            part = self._part(group, arch)
+            for i, lc in zip(group[1], part.layers):
+                layers[i] = lc
+            macs += part.macs
+            bitops += part.bitops
+            size += part.size_bits
+            searched += part.searched_bitops
+            bias += part.bias_params
+        return Cost(macs, bitops, size, searched, bias, tuple(layers))
 
     def metrics(self, arch: Arch) -> dict[str, float]:
         """The totals only (macs, bitops, size_bits, searched_bitops): the hot path of budgets."""
         macs = bitops = size = searched = 0
-        for p in self.plan:
-            _, _, w, a, params = self._resolve(p, arch)
-            m = p.spatial * params
-            macs += m
-            b = m * w * a
-            bitops += b
-            size += params * w
-            if p.bits_point:
-                searched += b
+        for group in self._groups:
+            part = self._part(group, arch)
+            macs += part.macs
+            bitops += part.bitops
+            size += part.size_bits
+            searched += part.searched_bitops
         return {"macs": macs, "bitops": bitops, "size_bits": size, "searched_bitops": searched}
 
     def uniform(self, w_bits: int, a_bits: int) -> Cost:
         return self.cost(self.space.uniform(w_bits, a_bits))
+
+
+def _price(plans: list[LayerPlan], arch: Arch) -> _Part:
+    """Per-layer cost of ``plans`` under ``arch`` (DESIGN.md's definitions), with their totals."""
+    layers = []
+    for p in plans:
+        cin = channels(p.in_base, arch[p.in_point].width) if p.in_point else p.in_base
+        cout = channels(p.out_base, arch[p.out_point].width) if p.out_point else p.out_base
+        w, a = (arch[p.bits_point].w_bits, arch[p.bits_point].a_bits) if p.bits_point else p.fixed_bits
+        w, a = w or FLOAT_BITS, a or FLOAT_BITS
+        params = cout * (1 if p.depthwise else cin) * p.kernel
+        macs = p.spatial * params
+        layers.append(LayerCost(p.name, p.kind, cin, cout, macs, params, w, a, macs * w * a, p.bits_point is not None))
+    return _Part(
+        layers=tuple(layers),
+        macs=sum(lc.macs for lc in layers),
+        bitops=sum(lc.bitops for lc in layers),
+        size_bits=sum(lc.params * lc.w_bits for lc in layers),
+        searched_bitops=sum(lc.bitops for lc in layers if lc.searched),
+        bias_params=sum(lc.out_channels for p, lc in zip(plans, layers) if p.has_bias),
+    )
 
 
 @torch.no_grad()

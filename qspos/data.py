@@ -8,6 +8,7 @@ the val split; the test split is for final evaluation.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,13 +193,17 @@ def make_loader(
     seed: int = 0,
     workers: int = 0,
     drop_last: bool = False,
+    order: Sequence[int] | None = None,
 ) -> DataLoader:
-    """A loader whose shuffling order is fixed by ``seed`` (reproducible epochs)."""
+    """A loader whose shuffling order is fixed by ``seed`` (reproducible epochs); ``order``
+    visits exactly these items in this order instead. Its own generator also seeds the workers,
+    so creating a loader never draws from the global torch RNG (the augmentation's, workers=0)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        shuffle=shuffle and order is None,
+        sampler=order,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         drop_last=drop_last,
         persistent_workers=workers > 0,

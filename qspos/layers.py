@@ -133,6 +133,20 @@ class SearchableLayer(nn.Module):
         """Max-width weight sliced to the active channels (first k out, first k in)."""
         raise NotImplementedError
 
+    def active_slices(self) -> dict[nn.Parameter, tuple]:
+        """Index of the part of each parameter the active setting uses (the optimiser leaves
+        the rest alone): the active channels of weight and bias, the active threshold rows."""
+        out = slice(int(self.out_active))
+        w_index = (out,) if getattr(self, "depthwise", False) else (out, slice(int(self.in_active)))
+        parts = {
+            self.weight: w_index,
+            self.weight_quant.threshold: (int(self.weight_quant.index), out),
+            self.input_quant.threshold: (int(self.input_quant.index),),
+        }
+        if self.bias is not None:
+            parts[self.bias] = (out,)
+        return parts
+
     def forward(self, x: Tensor) -> Tensor:
         w = self.active_weight()
         xq = self.input_quant(x)
@@ -250,6 +264,11 @@ class SlicedBatchNorm2d(nn.BatchNorm2d):
 
     def set_channels(self, n: int) -> None:
         self.num_active.fill_(_check(n, self.num_features, "BatchNorm"))
+
+    def active_slices(self) -> dict[nn.Parameter, tuple]:
+        """The active channels of weight and bias (see ``SearchableLayer.active_slices``)."""
+        c = (slice(int(self.num_active)),)
+        return {self.weight: c, self.bias: c}
 
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]

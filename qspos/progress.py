@@ -64,6 +64,11 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     return t
 
 
+def percent(v: float | None) -> str | None:
+    """An accuracy fraction as a table cell: ``0.9123`` -> ``91.23%`` (None stays empty)."""
+    return None if v is None else f"{100 * v:.2f}%"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from qspos.arch import Arch, Choice
 from qspos.errors import QsposError
@@ -32,7 +33,7 @@ class ChoicePoint:
         if self.widths is not None and not self.widths:
             raise QsposError(f"choice point {self.name}: empty width domain")
 
-    @property
+    @cached_property  # sampling and mutation read it for every choice point of every arch
     def domain(self) -> tuple[Choice, ...]:
         widths = self.widths if self.widths is not None else (None,)
         return tuple(Choice(w, a, m) for (w, a), m in itertools.product(self.pairs, widths))

@@ -89,6 +89,14 @@ class Supernet(nn.Module):
                 for layer in slot.consumers:
                     layer.set_channels(in_channels=k)
 
+    def active_slices(self) -> dict[nn.Parameter, tuple]:
+        """Used part of every sliced parameter on the active path (for ``optim.MaskedSGD``)."""
+        parts: dict[nn.Parameter, tuple] = {}
+        for m in self.net.modules():
+            if isinstance(m, (SearchableLayer, SlicedBatchNorm2d)):
+                parts.update(m.active_slices())
+        return parts
+
     def set_quant_backend(self, backend: str) -> None:
         for _, layer in self.layer_items():
             layer.weight_quant.backend = layer.input_quant.backend = backend

@@ -1,10 +1,24 @@
-"""Numerical core of qspos, with no NAS in it: fake quantization, bit packing, integer ops."""
+"""Numerical core of qspos, with no NAS in it: fake quantization, bit packing, integer ops.
+
+Fake-quantization backends (same signature and forward values as :func:`fake_quant`):
+
+* ``"reference"``: built from Brevitas ops; the numerics every other backend matches.
+* ``"fused"``: one autograd Function per call, fewest passes over memory in eager mode.
+* ``"compiled"``: inductor kernels (``torch.compile``); traceable inside compiled models;
+  falls back to ``"fused"`` where compilation is unavailable.
+"""
 
 from collections.abc import Callable
 
+from quant_kernels.compiled import fake_quant_compiled, fake_quant_traceable
+from quant_kernels.fused import fake_quant_fused
 from quant_kernels.reference import fake_quant, int_threshold, scale_of, to_int
 
-FAKE_QUANT_BACKENDS: dict[str, Callable] = {"reference": fake_quant}
+FAKE_QUANT_BACKENDS: dict[str, Callable] = {
+    "reference": fake_quant,
+    "fused": fake_quant_fused,
+    "compiled": fake_quant_compiled,
+}
 
 
 def fake_quant_impl(backend: str) -> Callable:
@@ -15,4 +29,14 @@ def fake_quant_impl(backend: str) -> Callable:
         raise ValueError(f"unknown quantization backend {backend!r}; one of {sorted(FAKE_QUANT_BACKENDS)}") from None
 
 
-__all__ = ["FAKE_QUANT_BACKENDS", "fake_quant", "fake_quant_impl", "int_threshold", "scale_of", "to_int"]
+__all__ = [
+    "FAKE_QUANT_BACKENDS",
+    "fake_quant",
+    "fake_quant_compiled",
+    "fake_quant_fused",
+    "fake_quant_impl",
+    "fake_quant_traceable",
+    "int_threshold",
+    "scale_of",
+    "to_int",
+]

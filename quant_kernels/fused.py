@@ -3,9 +3,10 @@
 Why: with Brevitas' tensor-valued clamp bounds and chains of small STE autograd nodes, the
 backward of a fake quantizer costs a dozen passes over the activation (``where``, ``gt``,
 ``logical_and``, ``neg``...). Here the forward is four in-place passes (divide, round, clamp,
-rescale) with scalar clamp bounds, and the backward is four passes that produce the input
-gradient and the scale gradient together, saving nothing but tensors the neighbouring layers keep
-alive anyway (the input and the output).
+rescale) with scalar clamp bounds, and the backward is three (per tensor) that produce the input
+gradient and the scale gradient together: the clip mask is read straight off ``x`` against two
+precomputed float thresholds, and the scale gradient is two dot products. Nothing is saved but
+tensors the neighbouring layers keep alive anyway (the input and the output).
 
 The numerics are those of :mod:`quant_kernels.reference` bit for bit in the forward pass; the
 gradients agree up to float summation order.
@@ -14,13 +15,14 @@ gradients agree up to float summation order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from quant_kernels.reference import SCALING_MIN_VAL, scale_of
+from quant_kernels.reference import SCALING_MIN_VAL
 
 
 def int_range(bits: float, signed: bool, narrow: bool) -> tuple[float, float]:
@@ -34,9 +36,10 @@ def int_range(bits: float, signed: bool, narrow: bool) -> tuple[float, float]:
 def _strict_bounds(lo: float, hi: float) -> tuple[float, float]:
     """Open interval (a, b) with ``a < u < b  <=>  lo <= round_half_even(u) <= hi`` in float32.
 
-    Lets the backward recover the clamp mask from the unrounded ``u = x / scale`` with a single
-    ``hardtanh_backward`` pass. A tie ``lo - 0.5`` rounds to ``lo`` exactly when ``lo`` is even,
-    and then must be inside the interval, so the bound moves one float below it (same at ``hi``).
+    Lets the backward recover the clamp mask from the unrounded ``u = x / scale`` (or from ``x``,
+    see :func:`x_space_bounds`) with a single ``hardtanh_backward`` pass. A tie ``lo - 0.5``
+    rounds to ``lo`` exactly when ``lo`` is even, and then must be inside the interval, so the
+    bound moves one float below it (same at ``hi``).
     """
     a, b = np.float32(lo - 0.5), np.float32(hi + 0.5)
     if lo % 2 == 0:
@@ -44,6 +47,31 @@ def _strict_bounds(lo: float, hi: float) -> tuple[float, float]:
     if hi % 2 == 0:
         b = np.nextafter(b, np.float32(np.inf))
     return float(a), float(b)
+
+
+def x_space_bounds(scale: Tensor, a: float, b: float) -> tuple[Tensor, Tensor]:
+    """Thresholds (xa, xb) with ``a < x / scale < b  <=>  xa < x < xb`` for every float ``x``.
+
+    Correctly rounded division is monotonic in ``x``, so each condition on ``x / scale`` holds on
+    one side of a single float: start from ``a * scale`` (``b * scale``) and step one float at a
+    time to the exact boundary (a step or two). Lets the backward take the clip mask straight
+    from ``x``, without dividing it again.
+    """
+    xa = _last_true(scale * a, scale, lambda u: u <= a)
+    xb = _last_true(scale * b, scale, lambda u: u < b)
+    return xa, torch.nextafter(xb, torch.full_like(xb, math.inf))
+
+
+def _last_true(x: Tensor, scale: Tensor, pred: Callable[[Tensor], Tensor]) -> Tensor:
+    """The largest float ``x`` with ``pred(x / scale)``, for ``pred`` true below a boundary."""
+    up, down = torch.full_like(x, math.inf), torch.full_like(x, -math.inf)
+    for _ in range(16):
+        here, above = pred(torch.div(x, scale)), pred(torch.div(torch.nextafter(x, up), scale))
+        done = here & ~above
+        if bool(done.all()):
+            return x
+        x = torch.where(done, x, torch.where(here, torch.nextafter(x, up), torch.nextafter(x, down)))
+    raise ArithmeticError("clip bound search did not converge")  # pragma: no cover
 
 
 def reduce_dot(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
@@ -63,17 +91,80 @@ def _unbroadcast(grad: Tensor, like: Tensor) -> Tensor:
     return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
 
 
-class IntFakeQuant(torch.autograd.Function):
-    """``y = clamp(round(x / scale), lo, hi) * scale`` with a straight-through estimator.
+def _int_forward(x: Tensor, scale: Tensor, lo: float, hi: float) -> Tensor:
+    return torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)  # the reference's ops, in place
 
-    Gradients (as autograd derives them from the reference chain):
-    ``dx = g`` where ``lo <= round(x / scale) <= hi``, else 0;
-    ``dscale = sum(g * q) - sum(dx * x / scale)`` reduced to the shape of ``scale``.
+
+def _int_backward(g: Tensor, x: Tensor, scale: Tensor, y: Tensor, lo: float, hi: float,
+                  need_scale: bool) -> tuple[Tensor, Tensor | None]:
+    """``dx = g`` where ``lo <= round(x / scale) <= hi`` (else 0) and
+    ``dscale = sum(g * q) - sum(dx * x / scale)`` reduced to the shape of ``scale``."""
+    a, b = _strict_bounds(lo, hi)
+    gs = None
+    if scale.numel() == 1 and scale.dtype == x.dtype:  # per tensor: mask from x, 3 passes
+        xa, xb = x_space_bounds(scale.detach(), a, b)
+        gx = torch.ops.aten.hardtanh_backward(g, x, xa.item(), xb.item())
+        if need_scale:
+            gs = (reduce_dot(g, y, scale.shape) - reduce_dot(gx, x, scale.shape)) / scale
+    else:  # per channel (weights, small): recompute u = x / scale
+        u = torch.div(x, scale)
+        gx = torch.ops.aten.hardtanh_backward(g, u, a, b)
+        if need_scale:
+            gs = reduce_dot(g, y, scale.shape) / scale - reduce_dot(gx, u, scale.shape)
+    return _unbroadcast(gx, x), gs
+
+
+def _binary_forward(x: Tensor, scale: Tensor) -> Tensor:
+    return torch.where(x >= 0, scale, -scale)  # = binary_sign(x) * scale, sign(0) = +1
+
+
+def _binary_backward(g: Tensor, x: Tensor, scale: Tensor, y: Tensor,
+                     need_scale: bool) -> tuple[Tensor, Tensor | None]:
+    """Identity STE: ``dx = g * scale``; ``dscale = sum(g * sign(x))``."""
+    gs = reduce_dot(g, y, scale.shape) / scale if need_scale else None
+    return _unbroadcast(g * scale, x), gs
+
+
+class FakeQuant(torch.autograd.Function):
+    """The whole quantizer from the threshold: ``scale = max(|t|, 1e-10) / int_threshold``, then
+    integer (or, with ``binary``, sign) fake quantization; the backward returns the input and the
+    threshold gradient together (``dt = dscale * sign(t) / int_threshold`` where ``|t| >= 1e-10``).
     """
 
     @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, threshold: Tensor, int_threshold: float, lo: float, hi: float,
+                binary: bool) -> Tensor:
+        t_abs = threshold.abs().clamp_min(SCALING_MIN_VAL)
+        scale = t_abs if binary else t_abs / int_threshold
+        y = _binary_forward(x, scale) if binary else _int_forward(x, scale, lo, hi)
+        ctx.save_for_backward(x, threshold, scale, y)
+        ctx.args = (int_threshold, lo, hi, binary)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, threshold, scale, y = ctx.saved_tensors
+        int_threshold, lo, hi, binary = ctx.args
+        need_t = ctx.needs_input_grad[1]
+        if binary:
+            gx, gs = _binary_backward(g, x, scale, y, need_t)
+        else:
+            gx, gs = _int_backward(g, x, scale, y, lo, hi, need_t)
+            gs = gs / int_threshold if need_t else None
+        gt = None
+        if need_t:
+            gt = torch.where(threshold.abs() >= SCALING_MIN_VAL, gs * threshold.sign(), 0.0)
+            gt = _unbroadcast(gt, threshold)
+        return (gx if ctx.needs_input_grad[0] else None), gt, None, None, None, None
+
+
+class IntFakeQuant(torch.autograd.Function):
+    """Integer fake quantization from a given scale (Brevitas computes the scale itself)."""
+
+    @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, scale: Tensor, lo: float, hi: float) -> Tensor:
-        y = torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)
+        y = _int_forward(x, scale, lo, hi)
         ctx.save_for_backward(x, scale, y)
         ctx.bounds = (lo, hi)
         return y
@@ -82,22 +173,16 @@ class IntFakeQuant(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, scale, y = ctx.saved_tensors
-        u = torch.div(x, scale)
-        a, b = _strict_bounds(*ctx.bounds)
-        gx = torch.ops.aten.hardtanh_backward(g, u, a, b)
-        gs = None
-        if ctx.needs_input_grad[1]:
-            gs = reduce_dot(g, y, scale.shape) / scale - reduce_dot(gx, u, scale.shape)
-        gx = _unbroadcast(gx, x) if ctx.needs_input_grad[0] else None
-        return gx, gs, None, None
+        gx, gs = _int_backward(g, x, scale, y, *ctx.bounds, ctx.needs_input_grad[1])
+        return (gx if ctx.needs_input_grad[0] else None), gs, None, None
 
 
 class BinaryFakeQuant(torch.autograd.Function):
-    """``y = sign(x) * scale`` (sign(0) = +1) with the identity straight-through estimator."""
+    """``y = sign(x) * scale`` (sign(0) = +1) from a given scale, identity STE."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, scale: Tensor) -> Tensor:
-        y = torch.where(x >= 0, scale, -scale)
+        y = _binary_forward(x, scale)
         ctx.save_for_backward(x, scale, y)
         return y
 
@@ -105,9 +190,8 @@ class BinaryFakeQuant(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
         x, scale, y = ctx.saved_tensors
-        gx = _unbroadcast(g * scale, x) if ctx.needs_input_grad[0] else None
-        gs = reduce_dot(g, y, scale.shape) / scale if ctx.needs_input_grad[1] else None
-        return gx, gs
+        gx, gs = _binary_backward(g, x, scale, y, ctx.needs_input_grad[1])
+        return (gx if ctx.needs_input_grad[0] else None), gs
 
 
 def fake_quant_int(x: Tensor, scale: Tensor, bits: float, signed: bool, narrow: bool) -> Tensor:
@@ -126,12 +210,12 @@ def fake_quant_fused(
 ) -> Tensor:
     """Drop-in for :func:`quant_kernels.reference.fake_quant` (same signature and values).
 
-    The threshold-to-scale map runs as ordinary autograd ops on the (tiny) threshold; the
-    per-element work and both gradients are the fused Functions above. Reads ``bit_width`` once
-    (``float()``), which is free on CPU but is a graph break under ``torch.compile``: compiled
-    code should use :func:`quant_kernels.compiled.fake_quant_traceable`.
+    One :class:`FakeQuant` node per call. Reads ``bit_width`` once (``float()``): free on CPU, a
+    device sync on GPU and a graph break under ``torch.compile`` (compiled code should use
+    :func:`quant_kernels.compiled.fake_quant_traceable`; the "compiled" backend does).
     """
     bits = float(bit_width)
     if binary and bits == 1:
-        return BinaryFakeQuant.apply(x, threshold.abs().clamp_min(SCALING_MIN_VAL))
-    return fake_quant_int(x, scale_of(threshold, bit_width, signed, narrow), bits, signed, narrow)
+        return FakeQuant.apply(x, threshold, 1.0, -1.0, 1.0, True)
+    lo, hi = int_range(bits, signed, narrow)
+    return FakeQuant.apply(x, threshold, -lo if signed else hi, lo, hi, False)

@@ -8,15 +8,17 @@ against ``x``) and a bit-width given as a tensor, so one graph serves every bit-
 * signed, full range: integers in [-2^(b-1), 2^(b-1)-1], scale = t / 2^(b-1).
 * unsigned (activations after ReLU): integers in [0, 2^b-1], scale = t / (2^b-1).
 
-Rounding is half-to-even (``torch.round``) with a straight-through estimator, exactly as
-``brevitas.core.quant.IntQuant``; the scale is ``clamp_min(|t|, 1e-10) / int_threshold`` as in
+Rounding is half-to-even (``torch.round``) with a straight-through estimator and clamping is
+Brevitas' ``tensor_clamp``, exactly as ``brevitas.core.quant.IntQuant``: the input gradient passes
+where ``min <= round(x / scale) <= max``, bounds included (``torch.clamp`` with tensor bounds would
+halve it there); the scale is ``clamp_min(|t|, 1e-10) / int_threshold`` as in
 Brevitas' ``ParameterScaling`` + ``IntScaling``.
 """
 
 from __future__ import annotations
 
 import torch
-from brevitas.function.ops import max_int, min_int
+from brevitas.function.ops import max_int, min_int, tensor_clamp
 from brevitas.function.ops_ste import binary_sign_ste, round_ste
 from torch import Tensor
 
@@ -44,7 +46,7 @@ def fake_quant(
     """
     int_bits = bit_width.clamp_min(2) if binary else bit_width
     scale = scale_of(threshold, int_bits, signed, narrow)
-    q = round_ste(x / scale).clamp(min_int(signed, narrow, int_bits), max_int(signed, narrow, int_bits))
+    q = tensor_clamp(round_ste(x / scale), min_int(signed, narrow, int_bits), max_int(signed, narrow, int_bits))
     y = q * scale
     if binary:
         y_bin = binary_sign_ste(x) * threshold.abs().clamp_min(SCALING_MIN_VAL)

@@ -1,0 +1,186 @@
+"""Per-layer latency lookup table measured on the current machine (for ``latency_ms`` budgets).
+
+The table has an entry per layer and (in channels, out channels, w_bits, a_bits) setting the
+space can give it; an arch's latency is the sum of its layers' entries. Measured here with torch,
+each Conv2d/Linear is timed as a float op of that shape: fake-quantized Brevitas layers time the
+simulation, not a deployment, and CPU int8 kernels do not get faster below 8 bits, so every bit
+pair of one shape gets the same entry. A table measured elsewhere (e.g. with bit-serial kernels)
+may give different entries per bit pair in the same format. Measure on the deployment target:
+
+    python -m qspos.latency CONFIG OUT.json [--reps 5] [--batch-size 1]
+
+then point ``search.latency_table`` at OUT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qspos.cost import FLOAT_BITS, Cost, CostModel, LayerPlan
+from qspos.errors import QsposError
+from qspos.layers import SearchableConv2d, SearchableLayer, channels
+from qspos.space import Space
+from qspos.supernet import Supernet
+
+
+def _key(in_c: int, out_c: int, w_bits: int, a_bits: int) -> str:
+    return f"{in_c},{out_c},{w_bits},{a_bits}"
+
+
+class LatencyTable:
+    """Milliseconds per layer setting: ``entries[layer name]["in,out,w,a"]``."""
+
+    def __init__(self, entries: dict[str, dict[str, float]], meta: dict | None = None):
+        self.entries = entries
+        self.meta = meta or {}
+        self.source = "the latency table"
+
+    def arch_ms(self, cost: Cost) -> float:
+        """Latency of the arch whose per-layer cost report is ``cost``."""
+        total = 0.0
+        for lc in cost.layers:
+            key = _key(lc.in_channels, lc.out_channels, lc.w_bits, lc.a_bits)
+            try:
+                total += self.entries[lc.name][key]
+            except KeyError:
+                raise QsposError(
+                    f"{self.source} has no entry for layer {lc.name} at in,out,w,a = {key}; "
+                    "measure it again for this space"
+                ) from None
+        return total
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"meta": self.meta, "layers": self.entries}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise QsposError(f"latency table not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+            table = cls({str(k): {str(s): float(v) for s, v in d.items()} for k, d in data["layers"].items()},
+                        data.get("meta", {}))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise QsposError(f"{path} is not a latency table written by qspos.latency") from None
+        table.source = f"latency table {path}"
+        return table
+
+
+def layer_settings(p: LayerPlan, space: Space) -> list[tuple[int, int, int | None, int | None]]:
+    """Every (in, out, w_bits, a_bits) the space can give one layer (None bits: float)."""
+    def widths(point: str | None, base: int) -> list[int]:
+        mults = space[point].widths if point else None
+        return sorted({channels(base, m) for m in mults}) if mults else [base]
+
+    pairs = list(space[p.bits_point].pairs) if p.bits_point else [p.fixed_bits]
+    ins = widths(p.in_point, p.in_base)
+    outs = widths(p.out_point, p.out_base)
+    if p.depthwise:
+        return [(c, c, w, a) for c in outs for w, a in pairs]
+    return [(i, o, w, a) for i, o, (w, a) in itertools.product(ins, outs, pairs)]
+
+
+@torch.no_grad()
+def measure_latency_table(
+    supernet: Supernet,
+    input_shape: tuple[int, int, int],
+    reps: int = 5,
+    warmup: int = 2,
+    batch_size: int = 1,
+) -> LatencyTable:
+    """Time every layer shape of the space on this machine (median of ``reps`` runs)."""
+    plan = CostModel(supernet, input_shape).plan
+    in_hw = _input_sizes(supernet, input_shape)
+    entries: dict[str, dict[str, float]] = {}
+    for p, (name, layer) in zip(plan, supernet.layer_items()):
+        entries[name] = {}
+        timed: dict[tuple[int, int], float] = {}
+        for in_c, out_c, w, a in layer_settings(p, supernet.space):
+            if (in_c, out_c) not in timed:
+                op = _float_op(layer, in_c, out_c)
+                x = torch.randn(batch_size, in_c, *in_hw[name]) if in_hw[name] else torch.randn(batch_size, in_c)
+                timed[in_c, out_c] = _median_ms(op, x, reps, warmup)
+            entries[name][_key(in_c, out_c, w or FLOAT_BITS, a or FLOAT_BITS)] = timed[in_c, out_c]
+    meta = {
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "reps": reps,
+        "input_shape": list(input_shape),
+    }
+    return LatencyTable(entries, meta)
+
+
+def _float_op(layer: SearchableLayer, in_c: int, out_c: int) -> torch.nn.Module:
+    if isinstance(layer, SearchableConv2d):
+        groups = out_c if layer.depthwise else 1
+        return torch.nn.Conv2d(in_c, out_c, layer.kernel_size, layer.stride, layer.padding,
+                               groups=groups, bias=layer.bias is not None)
+    return torch.nn.Linear(in_c, out_c, bias=layer.bias is not None)
+
+
+def _median_ms(op: torch.nn.Module, x: torch.Tensor, reps: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + reps):
+        t0 = time.perf_counter()
+        op(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+@torch.no_grad()
+def _input_sizes(supernet: Supernet, input_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """(H, W) of each conv's input, () for a Linear, from one forward of the max net."""
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, inp, _o, n=name: sizes.__setitem__(n, tuple(inp[0].shape[2:])))
+        for name, m in supernet.layer_items()
+    ]
+    was_training = supernet.training
+    supernet.eval()
+    try:
+        supernet(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        supernet.train(was_training)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qspos.config import load_config
+    from qspos.supernet import build_supernet
+
+    parser = argparse.ArgumentParser(prog="python -m qspos.latency", description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("out", help="JSON file to write")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        supernet = build_supernet(cfg)
+        table = measure_latency_table(supernet, cfg.input_shape, reps=args.reps, batch_size=args.batch_size)
+        table.save(args.out)
+    except QsposError as e:
+        print(f"qspos: error: {e}", file=sys.stderr)
+        return e.exit_code
+    n = sum(len(d) for d in table.entries.values())
+    print(f"wrote {n} layer settings of {len(table.entries)} layers to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The "compiled" backend: inductor kernels when available, the fused eager path otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import quant_kernels.compiled as compiled
+from quant_kernels import fake_quant
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    monkeypatch.setattr(compiled, "_kernels", {})
+    monkeypatch.setattr(compiled, "_compile_failed", False)
+
+
+def _check_against_reference(bits: float, signed: bool, narrow: bool, per_channel: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 3, 3) * 2
+    t = torch.rand(6, 1, 1, 1) + 0.5 if per_channel else torch.tensor(1.7)
+    outs = []
+    for impl in (fake_quant, compiled.fake_quant_compiled):
+        xg, tg = x.clone().requires_grad_(), t.clone().requires_grad_()
+        y = impl(xg, tg, torch.tensor(bits), signed, narrow, signed and narrow)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xg.grad, tg.grad))
+    (y_ref, gx_ref, gt_ref), (y, gx, gt) = outs
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_falls_back_to_fused_when_compile_fails(fresh_kernel, monkeypatch):
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        _check_against_reference(4.0, False, False, per_channel=False)
+    assert compiled._compile_failed
+    _check_against_reference(3.0, True, True, per_channel=True)  # no second warning, still right
+
+
+@pytest.mark.slow
+def test_inductor_kernel_matches_reference(fresh_kernel):
+    """Compiles (tens of seconds on 2 cores): one kernel, every bit-width, bit-exact forward."""
+    for bits in (1.0, 2.0, 4.0, 8.0):
+        _check_against_reference(bits, True, True, per_channel=True)
+    for bits in (2.0, 8.0):
+        _check_against_reference(bits, False, False, per_channel=False)
+
+
+def test_bad_input_raises_without_disabling_compilation(fresh_kernel, monkeypatch):
+    def shape_error(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("shape mismatch")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", shape_error)
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        compiled.fake_quant_compiled(torch.ones(3, 2), torch.ones(4, 1), torch.tensor(4.0), False, False)
+    assert not compiled._compile_failed

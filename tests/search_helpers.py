@@ -1,0 +1,37 @@
+"""A tiny searchable run directory for the search tests: no trained supernet needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qspos.checkpoint import atomic_save
+from qspos.config import Config, load_config
+from qspos.rundir import SUPERNET_SECTIONS, fingerprint
+from qspos.supernet import build_supernet
+
+
+def tiny_config(**search) -> dict:
+    """ResNet-8 (widths 4/8/8) on 12x12 synthetic images; 8 choices per block, 512 archs."""
+    return {
+        "name": "tiny",
+        "model": {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 12,
+                  "args": {"depth": 8, "widths": [4, 8, 8]}},
+        "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
+        "data": {"dataset": "synthetic", "synthetic_size": 160, "val_size": 48, "eval_batch_size": 32},
+        "search": {"budgets": [{"name": "w3a3", "bitops": "uniform 3,3"}], "population": 8, "iterations": 3,
+                   "topk": 3, "mutation_count": 4, "crossover_count": 4, "max_tries": 200,
+                   "calib_images": 32, "val_images": 48, **search},
+    }
+
+
+def make_run(tmp_path: Path, perturb, overrides: list[str] | None = None, **search) -> tuple[Config, Path]:
+    """A config and a run directory holding a (perturbed, untrained) supernet checkpoint."""
+    cfg = load_config(tiny_config(**search), [f"runs_dir={tmp_path}", *(overrides or [])])
+    torch.manual_seed(0)
+    supernet = perturb(build_supernet(cfg))
+    run_dir = cfg.run_dir
+    atomic_save({"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS),
+                 "complete": True}, run_dir / "supernet.pt")
+    return cfg, run_dir

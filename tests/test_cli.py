@@ -1,0 +1,120 @@
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qspos.arch import Choice
+from qspos.cli import main
+from qspos.config import save_config
+from qspos.cost import CostModel
+from qspos.supernet import build_supernet
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _qspos_script() -> str:
+    script = Path(sys.executable).with_name("qspos")
+    found = str(script) if script.exists() else shutil.which("qspos")
+    if found is None:
+        pytest.skip("the qspos console script is not installed (pip install -e .)")
+    return found
+
+
+def test_cost_json_of_the_imagenet_config():
+    out = subprocess.run([_qspos_script(), "cost", "configs/imagenet_resnet18.yaml", "--uniform", "2,2", "--json"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)  # exactly one JSON object, nothing else on stdout
+    assert report["macs"] == 1_814_073_344
+    residual = sum(lc["macs"] for lc in report["layers"] if lc["name"].startswith("layer"))
+    fixed = report["macs"] - residual
+    assert report["bitops"] == residual * 4 + fixed * 64
+    assert report["size_bits"] > 0 and len(report["layers"]) == 21
+    for lc in report["layers"]:
+        assert {"name", "macs", "w_bits", "a_bits", "bitops"} <= set(lc)
+        assert lc["bitops"] == lc["macs"] * lc["w_bits"] * lc["a_bits"]
+    assert sum(lc["bitops"] for lc in report["layers"]) == report["bitops"]
+
+
+def test_python_m_qspos_reports_config_errors_on_one_line(tmp_path, monkeypatch, capsys):
+    """``python -m qspos`` (run in-process: a second interpreter would only re-time the imports)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: {weight_bits: [2, 4], act_bits: [4], widths: [1.0]}\n")
+    monkeypatch.setattr(sys, "argv", ["qspos", "cost", str(bad)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("qspos", run_name="__main__")
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == [out.err.strip()]
+    assert out.err.startswith("qspos: error: space.widths: unknown key")
+
+
+@pytest.fixture
+def small_yaml(small_cfg, tmp_path) -> Path:
+    path = tmp_path / "small.yaml"
+    save_config(small_cfg, path)
+    return path
+
+
+def test_cost_arch_file(small_cfg, small_yaml, tmp_path, capsys):
+    supernet = build_supernet(small_cfg)
+    arch = supernet.space.extremes()[0].replace(**{"layer2.0": Choice(4, 2, 1.0)})
+    arch.save(tmp_path / "arch.yaml")
+    assert main(["cost", str(small_yaml), "--arch", str(tmp_path / "arch.yaml"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = CostModel(supernet, small_cfg.input_shape).cost(arch).to_dict()
+    assert report == expected
+
+
+def test_cost_table_and_default_arch(small_yaml, capsys):
+    assert main(["cost", str(small_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "uniform W4A4" in out and "layer2.0.downsample.0" in out and "BitOps" in out
+
+
+def test_cost_set_override(small_yaml, capsys):
+    assert main(["cost", str(small_yaml), "--uniform", "2,2", "--json", "--set", "model.input_size=8"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert main(["cost", str(small_yaml), "--uniform", "2,2", "--json"]) == 0
+    big = json.loads(capsys.readouterr().out)
+    assert big["layers"][0]["macs"] == 4 * small["layers"][0]["macs"]  # 16x16 vs 8x8 input
+
+
+@pytest.mark.parametrize("arch_text, message", [
+    ("layer1.0: {w_bits: 2, a_bits: 2, width: 1.0}\n", "arch does not match the space: missing"),
+    ("layer1.0: {w_bits: 2}\n", "missing key 'a_bits'"),
+])
+def test_cost_bad_arch_is_one_line_exit_2(small_yaml, tmp_path, capsys, arch_text, message):
+    path = tmp_path / "arch.yaml"
+    path.write_text(arch_text)
+    assert main(["cost", str(small_yaml), "--arch", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qspos: error: ") and message in err
+
+
+def test_config_error_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: {weight_bits: [2, 17], act_bits: [4]}\n")
+    assert main(["cost", str(bad)]) == 2
+    assert capsys.readouterr().err == "qspos: error: space.weight_bits[1]: bit-width 17 is outside 1-16\n"
+    assert main(["cost", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["2", "2,17", "a,b", "0,4"])
+def test_bad_uniform_is_a_usage_error(small_yaml, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["cost", str(small_yaml), "--uniform", value])
+    assert e.value.code == 2
+    assert "--uniform" in capsys.readouterr().err
+
+
+def test_arch_and_uniform_are_exclusive(small_yaml, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["cost", str(small_yaml), "--uniform", "2,2", "--arch", str(tmp_path / "a.yaml")])
