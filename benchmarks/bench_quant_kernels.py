@@ -183,6 +183,7 @@ def time_variants(variants: list[str], args: argparse.Namespace) -> dict[str, di
             cpu[v].append(time.process_time() - c0)
         print(f"round {r}: " + "  ".join(f"{v} {wall[v][-1] * 1e3:.0f}" for v in variants), flush=True)
     return {v: {"step_ms": min(wall[v]) * 1e3, "median_ms": statistics.median(wall[v]) * 1e3,
+                "all_ms": [round(t * 1e3, 1) for t in wall[v]],
                 "cpu_ms": min(cpu[v]) * 1e3, "images_per_s": args.batch / min(wall[v]),
                 "saved_for_backward_mib": saved_bytes(steps[v]) / 2**20, "warmup_s": warmup_s[v]}
             for v in variants}

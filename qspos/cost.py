@@ -6,6 +6,7 @@ on a flat per-layer plan, with no forward pass, so budgets can be checked very m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -161,12 +162,15 @@ def _price(plans: list[LayerPlan], arch: Arch) -> _Part:
 
 
 @torch.no_grad()
-def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[LayerPlan, ...]:
-    """One forward of the max net with hooks gives every layer's output size."""
-    spatial: dict[int, int] = {}
+def trace_shapes(supernet: Supernet, input_shape: tuple[int, int, int]) -> dict[str, tuple[tuple, tuple]]:
+    """(input shape, output shape) of every searchable layer, by name, from one forward of the
+    max net with hooks (batch of one)."""
+    shapes: dict[str, tuple[tuple, tuple]] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, _i, out: spatial.__setitem__(id(mod), _spatial(out)))
-        for _, m in supernet.layer_items()
+        m.register_forward_hook(
+            lambda _m, inp, out, n=name: shapes.__setitem__(n, (tuple(inp[0].shape), tuple(out.shape)))
+        )
+        for name, m in supernet.layer_items()
     ]
     was_training = supernet.training
     supernet.eval()
@@ -176,6 +180,12 @@ def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[L
         for h in hooks:
             h.remove()
         supernet.train(was_training)
+    return shapes
+
+
+def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[LayerPlan, ...]:
+    """The cost plan: every layer's output size (traced once) resolved against choice points."""
+    shapes = trace_shapes(supernet, input_shape)
 
     bits_point: dict[int, str] = {}
     in_point: dict[int, tuple[str, int]] = {}
@@ -201,7 +211,7 @@ def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[L
             LayerPlan(
                 name=name,
                 kind="conv" if conv else "linear",
-                spatial=spatial[id(m)],
+                spatial=_spatial(shapes[name][1]),
                 kernel=m.kernel_size[0] * m.kernel_size[1] if conv else 1,
                 depthwise=depthwise,
                 in_base=ib,
@@ -216,8 +226,9 @@ def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[L
     return tuple(plan)
 
 
-def _spatial(out: torch.Tensor) -> int:
-    return int(out[0, 0].numel()) if out.dim() > 2 else 1
+def _spatial(out_shape: tuple) -> int:
+    """H_out * W_out of a conv output (N, C, H, W); 1 for a Linear output (N, C)."""
+    return math.prod(out_shape[2:])
 
 
 def _fixed_bits(layer: SearchableLayer) -> tuple[int | None, int | None]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from qspos.cost import FLOAT_BITS, Cost, CostModel, LayerPlan
+from qspos.cost import FLOAT_BITS, Cost, CostModel, LayerPlan, trace_shapes
 from qspos.errors import QsposError
 from qspos.layers import SearchableConv2d, SearchableLayer, channels
 from qspos.space import Space
@@ -99,7 +99,7 @@ def measure_latency_table(
 ) -> LatencyTable:
     """Time every layer shape of the space on this machine (median of ``reps`` runs)."""
     plan = CostModel(supernet, input_shape).plan
-    in_hw = _input_sizes(supernet, input_shape)
+    in_hw = {name: shape[0][2:] for name, shape in trace_shapes(supernet, input_shape).items()}
     entries: dict[str, dict[str, float]] = {}
     for p, (name, layer) in zip(plan, supernet.layer_items()):
         entries[name] = {}
@@ -137,25 +137,6 @@ def _median_ms(op: torch.nn.Module, x: torch.Tensor, reps: int, warmup: int) -> 
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2] * 1e3
-
-
-@torch.no_grad()
-def _input_sizes(supernet: Supernet, input_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
-    """(H, W) of each conv's input, () for a Linear, from one forward of the max net."""
-    sizes: dict[str, tuple[int, ...]] = {}
-    hooks = [
-        m.register_forward_hook(lambda _m, inp, _o, n=name: sizes.__setitem__(n, tuple(inp[0].shape[2:])))
-        for name, m in supernet.layer_items()
-    ]
-    was_training = supernet.training
-    supernet.eval()
-    try:
-        supernet(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        supernet.train(was_training)
-    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,29 +49,29 @@ def _strict_bounds(lo: float, hi: float) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def x_space_bounds(scale: Tensor, a: float, b: float) -> tuple[Tensor, Tensor]:
-    """Thresholds (xa, xb) with ``a < x / scale < b  <=>  xa < x < xb`` for every float ``x``.
+def x_space_bounds(scale: float, a: float, b: float) -> tuple[float, float]:
+    """Thresholds (xa, xb) with ``a < x / scale < b  <=>  xa < x < xb`` for every float32 ``x``.
 
     Correctly rounded division is monotonic in ``x``, so each condition on ``x / scale`` holds on
     one side of a single float: start from ``a * scale`` (``b * scale``) and step one float at a
     time to the exact boundary (a step or two). Lets the backward take the clip mask straight
-    from ``x``, without dividing it again.
+    from ``x``, without dividing it again. Runs on numpy float32 scalars, whose division is IEEE
+    like torch's, to skip tensor-op overhead.
     """
-    xa = _last_true(scale * a, scale, lambda u: u <= a)
-    xb = _last_true(scale * b, scale, lambda u: u < b)
-    return xa, torch.nextafter(xb, torch.full_like(xb, math.inf))
+    scale = np.float32(scale)
 
+    def last_true(x: np.float32, pred: Callable[[np.float32], bool]) -> np.float32:
+        for _ in range(16):
+            here, above = pred(x / scale), pred(np.nextafter(x, np.float32(np.inf)) / scale)
+            if here and not above:
+                return x
+            x = np.nextafter(x, np.float32(np.inf if here else -np.inf))
+        raise ArithmeticError("clip bound search did not converge")  # pragma: no cover
 
-def _last_true(x: Tensor, scale: Tensor, pred: Callable[[Tensor], Tensor]) -> Tensor:
-    """The largest float ``x`` with ``pred(x / scale)``, for ``pred`` true below a boundary."""
-    up, down = torch.full_like(x, math.inf), torch.full_like(x, -math.inf)
-    for _ in range(16):
-        here, above = pred(torch.div(x, scale)), pred(torch.div(torch.nextafter(x, up), scale))
-        done = here & ~above
-        if bool(done.all()):
-            return x
-        x = torch.where(done, x, torch.where(here, torch.nextafter(x, up), torch.nextafter(x, down)))
-    raise ArithmeticError("clip bound search did not converge")  # pragma: no cover
+    with np.errstate(over="ignore", under="ignore"):
+        xa = last_true(np.float32(a) * scale, lambda u: bool(u <= a))
+        xb = np.nextafter(last_true(np.float32(b) * scale, lambda u: bool(u < b)), np.float32(np.inf))
+    return float(xa), float(xb)
 
 
 def reduce_dot(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
@@ -101,9 +101,9 @@ def _int_backward(g: Tensor, x: Tensor, scale: Tensor, y: Tensor, lo: float, hi:
     ``dscale = sum(g * q) - sum(dx * x / scale)`` reduced to the shape of ``scale``."""
     a, b = _strict_bounds(lo, hi)
     gs = None
-    if scale.numel() == 1 and scale.dtype == x.dtype:  # per tensor: mask from x, 3 passes
-        xa, xb = x_space_bounds(scale.detach(), a, b)
-        gx = torch.ops.aten.hardtanh_backward(g, x, xa.item(), xb.item())
+    if scale.numel() == 1 and x.dtype == scale.dtype == torch.float32:  # per tensor: 3 passes
+        xa, xb = x_space_bounds(scale.item(), a, b)
+        gx = torch.ops.aten.hardtanh_backward(g, x, xa, xb)
         if need_scale:
             gs = (reduce_dot(g, y, scale.shape) - reduce_dot(gx, x, scale.shape)) / scale
     else:  # per channel (weights, small): recompute u = x / scale

