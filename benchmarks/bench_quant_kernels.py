@@ -20,9 +20,10 @@ Variants (``--variants``):
                   Brevitas' QuantTensor breaks the graph at every layer (``signed.item()``)
 
 Timing: all variants live in one process and their steps are interleaved (one step of each
-variant per round, --rounds rounds), so that all see the same machine load; a variant's time is
-its minimum step (the least disturbed), its median is reported too. CPU time of the process per
-step (all threads) is reported beside wall time.
+variant per round, --rounds rounds), so that all see the same machine load. Both the median
+step and the minimum step (the least disturbed one: the better estimate when other processes
+compete for the cores) are reported, each as a ratio to the float network's, and the process'
+CPU time per step (all threads, minimum).
 Memory: the bytes autograd keeps for backward in one step (unique storages of saved tensors,
 counted with saved_tensors_hooks), and the peak RSS of a fresh subprocess running --mem-steps
 steps of the variant alone, above its RSS before the model was built (compiled variants include
@@ -222,6 +223,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    # The compiled variants share code objects (nn.Sequential.forward...) in this one process: do
+    # not let Dynamo's per-code recompile limit (8) silently send the later ones back to eager.
+    torch._dynamo.config.recompile_limit = 64
     if args.one:
         print(json.dumps(peak_memory(args)))
         return
@@ -244,13 +248,13 @@ def main() -> None:
     machine["load_avg_at_end"] = os.getloadavg()
 
     ratios = {}
-    if "float" in results:
-        f, fc = results["float"]["step_ms"], results["float"]["cpu_ms"]
-        ratios = {f"{v}/float": results[v]["step_ms"] / f for v in results}
-        ratios.update({f"{v}/float (CPU time)": results[v]["cpu_ms"] / fc for v in results})
-    if "brevitas" in results:
-        b = results["brevitas"]["step_ms"]
-        ratios.update({f"brevitas/{v}": b / results[v]["step_ms"] for v in results if v != "brevitas"})
+    for stat in ("median_ms", "step_ms", "cpu_ms"):
+        name = {"median_ms": "median", "step_ms": "min", "cpu_ms": "CPU"}[stat]
+        if "float" in results:
+            ratios.update({f"{v}/float ({name})": results[v][stat] / results["float"][stat] for v in results})
+        if "brevitas" in results:
+            ratios.update({f"brevitas/{v} ({name})": results["brevitas"][stat] / results[v][stat]
+                           for v in results if v != "brevitas"})
     report = {"command": command, "machine": machine,
               "network": "6x conv3x3 (32,32,p,64,64,p,128,128)+BN+ReLU, GAP, linear; 28x28x1 input",
               "settings": {k: getattr(args, k) for k in
@@ -266,9 +270,11 @@ def main() -> None:
 def markdown(report: dict) -> str:
     """The results as a Markdown table (written next to the JSON)."""
     res, m = report["results"], report["machine"]
-    f = res.get("float", {}).get("step_ms")
-    fc = res.get("float", {}).get("cpu_ms")
-    b = res.get("brevitas", {}).get("step_ms")
+    nan = float("nan")
+
+    def ratio(v: str, base: str, stat: str) -> float:
+        return res[v][stat] / res[base][stat] if base in res else nan
+
     lines = [
         "# quant_kernels: train-step time", "",
         f"Command: `{report['command']}`", "",
@@ -276,17 +282,16 @@ def markdown(report: dict) -> str:
         f"brevitas {m['brevitas']}; load average (1, 5, 15 min) at start {m['load_avg_at_start']}, "
         f"at end {m.get('load_avg_at_end')}", "",
         f"Network: {report['network']}; settings {report['settings']}", "",
-        "| variant | step ms (min) | median | img/s | x float eager | default Brevitas / variant | CPU ms "
-        "| CPU x float | saved for backward MiB | peak RSS delta MiB | warm-up s |",
+        "| variant | median ms | x float (median) | min ms | x float (min) | default Brevitas / variant (median) "
+        "| img/s (median) | CPU ms | saved for backward MiB | peak RSS delta MiB | warm-up s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v, r in res.items():
         lines.append(
-            f"| {v} | {r['step_ms']:.1f} | {r['median_ms']:.1f} | {r['images_per_s']:.0f} | "
-            f"{r['step_ms'] / f if f else float('nan'):.3f} | {b / r['step_ms'] if b else float('nan'):.2f} | "
-            f"{r['cpu_ms']:.1f} | {r['cpu_ms'] / fc if fc else float('nan'):.3f} | "
-            f"{r['saved_for_backward_mib']:.1f} | {r.get('peak_rss_delta_mib', float('nan')):.0f} | "
-            f"{r['warmup_s']:.1f} |")
+            f"| {v} | {r['median_ms']:.1f} | {ratio(v, 'float', 'median_ms'):.3f} | {r['step_ms']:.1f} | "
+            f"{ratio(v, 'float', 'step_ms'):.3f} | {1 / ratio(v, 'brevitas', 'median_ms'):.2f} | "
+            f"{report['settings']['batch'] / r['median_ms'] * 1e3:.0f} | {r['cpu_ms']:.1f} | "
+            f"{r['saved_for_backward_mib']:.1f} | {r.get('peak_rss_delta_mib', nan):.0f} | {r['warmup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ do. The bit-width stays a tensor everywhere, so one compiled graph serves every 
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable
 
@@ -82,10 +83,13 @@ _compile_failed = False
 
 
 def _kernel(key: tuple) -> Callable:
-    """One compiled function per static configuration (flags, ranks), so that the few variants a
-    network uses never hit Dynamo's recompile limit; shapes and bit-widths stay dynamic."""
+    """One compiled function per static configuration (flags, ranks, dtype, device); shapes and
+    bit-widths stay dynamic. Dynamo counts recompilations per code object (8 by default, then it
+    silently runs eagerly), so each configuration compiles its own copy of the code."""
     if key not in _kernels:
-        _kernels[key] = torch.compile(fake_quant_traceable, dynamic=True, fullgraph=True)
+        f = fake_quant_traceable
+        fn = types.FunctionType(f.__code__.replace(), f.__globals__, f"{f.__name__}_{len(_kernels)}", f.__defaults__)
+        _kernels[key] = torch.compile(fn, dynamic=True, fullgraph=True)
     return _kernels[key]
 
 

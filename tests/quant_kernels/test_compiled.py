@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -45,12 +47,19 @@ def test_falls_back_to_fused_when_compile_fails(fresh_kernel, monkeypatch):
 
 
 @pytest.mark.slow
-def test_inductor_kernel_matches_reference(fresh_kernel):
-    """Compiles (tens of seconds on 2 cores): one kernel, every bit-width, bit-exact forward."""
-    for bits in (1.0, 2.0, 4.0, 8.0):
-        _check_against_reference(bits, True, True, per_channel=True)
-    for bits in (2.0, 8.0):
-        _check_against_reference(bits, False, False, per_channel=False)
+def test_inductor_kernel_matches_reference(fresh_kernel, monkeypatch):
+    """Compiles (a minute on 2 cores): every configuration compiled (none over Dynamo's
+    recompile limit, which would fall back), bit-exact forward for every bit-width."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the fused path would warn
+        for signed, narrow in [(True, True), (True, False), (False, False)]:
+            for per_channel in (False, True):
+                for bits in (1.0, 2.0, 5.0, 8.0):
+                    if bits == 1.0 and not narrow:
+                        continue
+                    _check_against_reference(bits, signed, narrow, per_channel)
+    assert len(compiled._kernels) == 6 and not compiled._compile_failed
 
 
 def test_bad_input_raises_without_disabling_compilation(fresh_kernel, monkeypatch):

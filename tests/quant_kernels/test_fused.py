@@ -180,3 +180,26 @@ def test_x_space_bounds_match_division():
         xa, xb = (torch.tensor(v) for v in x_space_bounds(float(scale), a, b))
         assert xa / scale <= a < torch.nextafter(xa, xa + 1) / scale
         assert torch.nextafter(xb, xb - 1) / scale < b <= xb / scale
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_negative_and_tiny_thresholds(impl):
+    """|t| is the clipping threshold (sign flips the gradient); below 1e-10 it is clamped."""
+    x = _input()
+    t = torch.tensor([-0.7, 0.4, -2.0, 1e-12, 0.0, 0.9]).view(6, 1, 1, 1)
+    for bits, binary in [(1, True), (3, True), (8, False)]:
+        y_ref, gx_ref, gt_ref = _run(fake_quant, x, t, bits, True, True, binary)
+        y, gx, gt = _run(IMPLS[impl], x, t, bits, True, True, binary)
+        assert torch.equal(y, y_ref)
+        torch.testing.assert_close(gx, gx_ref)
+        torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_per_tensor_negative_threshold_activation():
+    x = torch.randn(2, 3, 5, 5)
+    for t in (torch.tensor(-1.3), torch.tensor(1e-12)):
+        y_ref, gx_ref, gt_ref = _run(fake_quant, x, t, 4, True, False, False)
+        y, gx, gt = _run(fake_quant_fused, x, t, 4, True, False, False)
+        assert torch.equal(y, y_ref)
+        torch.testing.assert_close(gx, gx_ref)
+        torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-4)
