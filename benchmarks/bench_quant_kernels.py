@@ -18,16 +18,19 @@ Variants (``--variants``):
   float_compiled  ``torch.compile`` of the whole float network (what compilation gives float)
   brevitas_fused_compiled  (not run by default) ``torch.compile`` of the brevitas_fused network;
                   Brevitas' QuantTensor breaks the graph at every layer (``signed.item()``)
+  compiled_model_traceable  (not run by default) PREVIEW: compiled_model with the graph breaks of
+                  qspos.layers removed by the patch in make_layers_traceable() (a proposed change)
 
-Timing: all variants live in one process and their steps are interleaved (one step of each
-variant per round, --rounds rounds), so that all see the same machine load. Both the median
-step and the minimum step (the least disturbed one: the better estimate when other processes
-compete for the cores) are reported, each as a ratio to the float network's, and the process'
-CPU time per step (all threads, minimum).
+Timing: each variant runs in its own worker process (so compiled variants do not share Dynamo's
+per-code caches and limits), all built and warmed up first; then --rounds rounds of one step per
+variant, in turn, so that all variants see the same machine load. Both the median step and the
+minimum step (the least disturbed one: the better estimate when other processes compete for the
+cores) are reported, each as a ratio to the float network's, and the worker's CPU time per step
+(all threads, minimum).
 Memory: the bytes autograd keeps for backward in one step (unique storages of saved tensors,
-counted with saved_tensors_hooks), and the peak RSS of a fresh subprocess running --mem-steps
-steps of the variant alone, above its RSS before the model was built (compiled variants include
-the compiler's own peak).
+counted with saved_tensors_hooks), and the worker's peak RSS during the timed steps above its RSS
+before the model was built (the kernel's high-water mark is reset after the warm-up, so a
+compiler's transient peak is left out; what the compiler keeps resident is in).
 
     .venv/bin/python benchmarks/bench_quant_kernels.py                # writes benchmarks/results/
 """
@@ -41,7 +44,6 @@ import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = ["float", "brevitas", "brevitas_fused", "reference", "fused", "compiled", "compiled_model",
             "float_compiled"]
-OPTIONAL = ["brevitas_fused_compiled"]
+OPTIONAL = ["brevitas_fused_compiled", "compiled_model_traceable"]
 CHANNELS = [(1, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
 POOL_AFTER = {1, 3}
 
@@ -65,8 +67,10 @@ def build(variant: str, w_bits: int, a_bits: int):
     from quant_kernels.brevitas_impl import set_fused_kernels
 
     is_float = variant.startswith("float")
-    searchable = variant in ("reference", "fused", "compiled", "compiled_model")
-    backend = "compiled" if variant == "compiled_model" else variant
+    searchable = variant in ("reference", "fused", "compiled", "compiled_model", "compiled_model_traceable")
+    backend = "compiled" if variant.startswith("compiled") else variant
+    if variant == "compiled_model_traceable":
+        make_layers_traceable()
 
     def quant(layer, w, a):
         layer.configure_bits((w,), (a,))
@@ -92,9 +96,42 @@ def build(variant: str, w_bits: int, a_bits: int):
     model = nn.Sequential(*layers)
     if variant.startswith("brevitas_fused"):
         set_fused_kernels(model)
-    if variant.endswith("_compiled") or variant == "compiled_model":
+    if variant == "compiled_model_traceable":
+        for m in model.modules():
+            if hasattr(m, "in_active"):
+                m._active_ints = (int(m.in_active), int(m.out_active))
+    if variant.endswith("_compiled") or variant.startswith("compiled_model"):
         model = torch.compile(model)
     return model
+
+
+def make_layers_traceable() -> None:
+    """PREVIEW of a proposed qspos.layers change, patched in this worker process only: index the
+    per-bit-width rows with ``index_select`` (``tensor[0-d index]`` is ``.item()``, a graph break)
+    and read the active channel counts from Python ints kept beside the buffers (here: taken once,
+    as the benchmark never changes them) instead of ``int(buffer)`` on every forward."""
+    from qspos import layers as L
+
+    def active_threshold(self, n=None):
+        row = self.threshold.index_select(0, self.index.view(1)).squeeze(0)
+        return row if n is None else row[:n]
+
+    def quantizer_forward(self, x, n_channels=None):
+        if not self.quantized:
+            return x
+        t = self.active_threshold(n_channels)
+        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
+        bits = self.bits_table.index_select(0, self.index.view(1)).squeeze(0)
+        return L.fake_quant_impl(self.backend)(x, t, bits, self.signed, self.narrow, self.binary)
+
+    def active_weight(self):
+        n_in, n_out = self._active_ints
+        return self.weight[:n_out] if getattr(self, "depthwise", False) else self.weight[:n_out, :n_in]
+
+    L.BitChoiceQuantizer.active_threshold = active_threshold
+    L.BitChoiceQuantizer.forward = quantizer_forward
+    L.SearchableConv2d.active_weight = active_weight
+    L.SearchableLinear.active_weight = active_weight
 
 
 def saved_bytes(step) -> int:
@@ -103,6 +140,7 @@ def saved_bytes(step) -> int:
 
     seen: dict[int, int] = {}
 
+    @torch.compiler.disable
     def pack(t):
         if isinstance(t, torch.Tensor) and t.device.type == "cpu":
             st = t.untyped_storage()
@@ -153,41 +191,60 @@ def make_step(variant: str, args: argparse.Namespace):
     return step
 
 
-def peak_memory(args: argparse.Namespace) -> dict:
-    """In a fresh process: peak RSS above the pre-build RSS over --mem-steps steps."""
-    exact = reset_peak_rss()  # else ru_maxrss, which may be the import's peak
+def worker(conn, variant: str, args: argparse.Namespace) -> None:
+    """One variant in its own process (its own Dynamo caches), stepping when the parent asks."""
+    import torch
+
+    torch.set_num_threads(args.threads)
     base = _status_mib("VmRSS")
-    step = make_step(args.one, args)
-    for _ in range(args.mem_steps):
+    t0 = time.perf_counter()
+    step = make_step(variant, args)
+    for _ in range(args.warmup):
         step()
+    warmup_s = time.perf_counter() - t0
+    exact = reset_peak_rss()  # training peak from here on, not the compiler's
+    conn.send(warmup_s)
+    while conn.recv() == "step":
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        conn.send((time.perf_counter() - t0, time.process_time() - c0))
     peak = _status_mib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_rss_delta_mib": peak - base}
+    conn.send({"peak_rss_delta_mib": peak - base, "saved_for_backward_mib": saved_bytes(step) / 2**20})
 
 
 def time_variants(variants: list[str], args: argparse.Namespace) -> dict[str, dict]:
-    """Warm up every variant (compiling where asked), then time interleaved steps."""
-    steps, warmup_s = {}, {}
+    """One worker process per variant, warmed up one after the other; then rounds of one step
+    per variant, in turn, so that all variants see the same machine load."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    conns, procs, warmup_s = {}, [], {}
     for v in variants:
-        t0 = time.perf_counter()
-        steps[v] = make_step(v, args)
-        for _ in range(args.warmup):
-            steps[v]()
-        warmup_s[v] = time.perf_counter() - t0
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(child, v, args), daemon=True)
+        proc.start()
+        conns[v], warmup_s[v] = parent, parent.recv()
+        procs.append(proc)
         print(f"warm-up {v:24s} {warmup_s[v]:6.1f} s", flush=True)
     wall: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
-            steps[v]()
-            wall[v].append(time.perf_counter() - t0)
-            cpu[v].append(time.process_time() - c0)
+            time.sleep(0.05)  # let the previous worker's OpenMP threads stop spinning
+            conns[v].send("step")
+            w, c = conns[v].recv()
+            wall[v].append(w)
+            cpu[v].append(c)
         print(f"round {r}: " + "  ".join(f"{v} {wall[v][-1] * 1e3:.0f}" for v in variants), flush=True)
-    return {v: {"step_ms": min(wall[v]) * 1e3, "median_ms": statistics.median(wall[v]) * 1e3,
-                "all_ms": [round(t * 1e3, 1) for t in wall[v]],
-                "cpu_ms": min(cpu[v]) * 1e3, "images_per_s": args.batch / min(wall[v]),
-                "saved_for_backward_mib": saved_bytes(steps[v]) / 2**20, "warmup_s": warmup_s[v]}
-            for v in variants}
+    results = {}
+    for v in variants:
+        conns[v].send("finish")
+        results[v] = {"median_ms": statistics.median(wall[v]) * 1e3, "step_ms": min(wall[v]) * 1e3,
+                      "cpu_ms": min(cpu[v]) * 1e3, "all_ms": [round(t * 1e3, 1) for t in wall[v]],
+                      "warmup_s": warmup_s[v], **conns[v].recv()}
+    for proc in procs:
+        proc.join(timeout=60)
+    return results
 
 
 def machine_info() -> dict:
@@ -212,24 +269,17 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=15, help="interleaved timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--mem-steps", type=int, default=2, help="steps per memory subprocess (0: skip)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/quant_kernels.json"))
-    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing --out JSON")
     args = p.parse_args()
-    import torch
 
-    torch.set_num_threads(args.threads)
-    # The compiled variants share code objects (nn.Sequential.forward...) in this one process: do
-    # not let Dynamo's per-code recompile limit (8) silently send the later ones back to eager.
-    torch._dynamo.config.recompile_limit = 64
-    if args.one:
-        print(json.dumps(peak_memory(args)))
+    if args.markdown_only:
+        Path(args.out).with_suffix(".md").write_text(markdown(json.loads(Path(args.out).read_text())))
         return
-
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS + OPTIONAL)
     if unknown:
@@ -237,14 +287,6 @@ def main() -> None:
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
     machine = machine_info()
     results = time_variants(variants, args)
-    for v in variants if args.mem_steps else []:
-        cmd = [sys.executable, __file__, "--one", v, "--mem-steps", str(args.mem_steps), "--batch",
-               str(args.batch), "--w-bits", str(args.w_bits), "--a-bits", str(args.a_bits),
-               "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
-        results[v].update(json.loads(out.stdout.strip().splitlines()[-1]))
     machine["load_avg_at_end"] = os.getloadavg()
 
     ratios = {}
@@ -282,15 +324,19 @@ def markdown(report: dict) -> str:
         f"brevitas {m['brevitas']}; load average (1, 5, 15 min) at start {m['load_avg_at_start']}, "
         f"at end {m.get('load_avg_at_end')}", "",
         f"Network: {report['network']}; settings {report['settings']}", "",
-        "| variant | median ms | x float (median) | min ms | x float (min) | default Brevitas / variant (median) "
-        "| img/s (median) | CPU ms | saved for backward MiB | peak RSS delta MiB | warm-up s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Ratios to the float eager step by three statistics: the median wall step, the minimum wall "
+        "step and the minimum CPU time of a step (least sensitive to other load on a shared or virtual "
+        "machine). `compiled_model_traceable` is a preview (see the script's docstring).", "",
+        "| variant | median ms | x float (median) | min ms | x float (min) | CPU ms | x float (CPU) "
+        "| default Brevitas / variant (CPU) | img/s (median) | saved for backward MiB | peak RSS delta MiB "
+        "| warm-up s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v, r in res.items():
         lines.append(
             f"| {v} | {r['median_ms']:.1f} | {ratio(v, 'float', 'median_ms'):.3f} | {r['step_ms']:.1f} | "
-            f"{ratio(v, 'float', 'step_ms'):.3f} | {1 / ratio(v, 'brevitas', 'median_ms'):.2f} | "
-            f"{report['settings']['batch'] / r['median_ms'] * 1e3:.0f} | {r['cpu_ms']:.1f} | "
+            f"{ratio(v, 'float', 'step_ms'):.3f} | {r['cpu_ms']:.1f} | {ratio(v, 'float', 'cpu_ms'):.3f} | "
+            f"{1 / ratio(v, 'brevitas', 'cpu_ms'):.2f} | {report['settings']['batch'] / r['median_ms'] * 1e3:.0f} | "
             f"{r['saved_for_backward_mib']:.1f} | {r.get('peak_rss_delta_mib', nan):.0f} | {r['warmup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
