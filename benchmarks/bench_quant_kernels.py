@@ -250,16 +250,9 @@ def time_variants(variants: list[str], args: argparse.Namespace) -> dict[str, di
 def machine_info() -> dict:
     import brevitas
     import torch
+    from bench_cost import cpu_name
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "brevitas": brevitas.__version__,
             "platform": platform.platform(), "load_avg_at_start": os.getloadavg()}
 
