@@ -14,12 +14,10 @@ Variants (``--variants``):
   fused           qspos searchable layers, backend "fused" (eager)
   compiled        qspos searchable layers, backend "compiled" (inductor kernel per quantizer call)
   compiled_model  ``torch.compile`` of the whole searchable network, backend "compiled" (the
-                  quantizers trace into the model's graph; graph breaks in the layers split it)
+                  quantizers trace into the model's graph: one graph, no breaks)
   float_compiled  ``torch.compile`` of the whole float network (what compilation gives float)
   brevitas_fused_compiled  (not run by default) ``torch.compile`` of the brevitas_fused network;
                   Brevitas' QuantTensor breaks the graph at every layer (``signed.item()``)
-  compiled_model_traceable  (not run by default) PREVIEW: compiled_model with the graph breaks of
-                  qspos.layers removed by the patch in make_layers_traceable() (a proposed change)
 
 Timing: each variant runs in its own worker process (so compiled variants do not share Dynamo's
 per-code caches and limits), all built and warmed up first; then --rounds rounds of one step per
@@ -53,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = ["float", "brevitas", "brevitas_fused", "reference", "fused", "compiled", "compiled_model",
             "float_compiled"]
-OPTIONAL = ["brevitas_fused_compiled", "compiled_model_traceable"]
+OPTIONAL = ["brevitas_fused_compiled"]
 CHANNELS = [(1, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
 POOL_AFTER = {1, 3}
 
@@ -67,10 +65,8 @@ def build(variant: str, w_bits: int, a_bits: int):
     from quant_kernels.brevitas_impl import set_fused_kernels
 
     is_float = variant.startswith("float")
-    searchable = variant in ("reference", "fused", "compiled", "compiled_model", "compiled_model_traceable")
+    searchable = variant in ("reference", "fused", "compiled", "compiled_model")
     backend = "compiled" if variant.startswith("compiled") else variant
-    if variant == "compiled_model_traceable":
-        make_layers_traceable()
 
     def quant(layer, w, a):
         layer.configure_bits((w,), (a,))
@@ -96,42 +92,9 @@ def build(variant: str, w_bits: int, a_bits: int):
     model = nn.Sequential(*layers)
     if variant.startswith("brevitas_fused"):
         set_fused_kernels(model)
-    if variant == "compiled_model_traceable":
-        for m in model.modules():
-            if hasattr(m, "in_active"):
-                m._active_ints = (int(m.in_active), int(m.out_active))
-    if variant.endswith("_compiled") or variant.startswith("compiled_model"):
+    if variant.endswith("_compiled") or variant == "compiled_model":
         model = torch.compile(model)
     return model
-
-
-def make_layers_traceable() -> None:
-    """PREVIEW of a proposed qspos.layers change, patched in this worker process only: index the
-    per-bit-width rows with ``index_select`` (``tensor[0-d index]`` is ``.item()``, a graph break)
-    and read the active channel counts from Python ints kept beside the buffers (here: taken once,
-    as the benchmark never changes them) instead of ``int(buffer)`` on every forward."""
-    from qspos import layers as L
-
-    def active_threshold(self, n=None):
-        row = self.threshold.index_select(0, self.index.view(1)).squeeze(0)
-        return row if n is None else row[:n]
-
-    def quantizer_forward(self, x, n_channels=None):
-        if not self.quantized:
-            return x
-        t = self.active_threshold(n_channels)
-        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
-        bits = self.bits_table.index_select(0, self.index.view(1)).squeeze(0)
-        return L.fake_quant_impl(self.backend)(x, t, bits, self.signed, self.narrow, self.binary)
-
-    def active_weight(self):
-        n_in, n_out = self._active_ints
-        return self.weight[:n_out] if getattr(self, "depthwise", False) else self.weight[:n_out, :n_in]
-
-    L.BitChoiceQuantizer.active_threshold = active_threshold
-    L.BitChoiceQuantizer.forward = quantizer_forward
-    L.SearchableConv2d.active_weight = active_weight
-    L.SearchableLinear.active_weight = active_weight
 
 
 def saved_bytes(step) -> int:
@@ -319,7 +282,7 @@ def markdown(report: dict) -> str:
         f"Network: {report['network']}; settings {report['settings']}", "",
         "Ratios to the float eager step by three statistics: the median wall step, the minimum wall "
         "step and the minimum CPU time of a step (least sensitive to other load on a shared or virtual "
-        "machine). `compiled_model_traceable` is a preview (see the script's docstring).", "",
+        "machine).", "",
         "| variant | median ms | x float (median) | min ms | x float (min) | CPU ms | x float (CPU) "
         "| default Brevitas / variant (CPU) | img/s (median) | saved for backward MiB | peak RSS delta MiB "
         "| warm-up s |",

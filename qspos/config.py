@@ -49,7 +49,7 @@ class SpaceConfig:
 
 @dataclass
 class QuantConfig:
-    backend: str = "reference"  # a quant_kernels backend: reference | fused | compiled
+    backend: str = "fused"  # a quant_kernels backend: fused (same values as reference, faster) | reference | compiled
 
 
 @dataclass

@@ -65,9 +65,14 @@ class BitChoiceQuantizer(nn.Module):
         except ValueError:
             raise ValueError(f"{bits}-bit is not among this layer's choices {self.bit_choices}") from None
 
+    def _active_row(self, table: Tensor) -> Tensor:
+        """Row ``index`` of a per-choice table, by ``index_select``: eager indexing with the 0-d
+        buffer reads it back as a Python int (a host sync when it lives on a GPU)."""
+        return table.index_select(0, self.index.view(1)).squeeze(0)
+
     def active_threshold(self, n: int | None = None) -> Tensor:
         """Threshold of the active bit-width for the first ``n`` channels (all when None)."""
-        row = self.threshold[self.index]
+        row = self._active_row(self.threshold)
         return row if n is None else row[:n]
 
     def forward(self, x: Tensor, n_channels: int | None = None) -> Tensor:
@@ -76,11 +81,17 @@ class BitChoiceQuantizer(nn.Module):
         t = self.active_threshold(n_channels)
         t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
         fq = fake_quant_impl(self.backend)
-        return fq(x, t, self.bits_table[self.index], self.signed, self.narrow, self.binary)
+        return fq(x, t, self._active_row(self.bits_table), self.signed, self.narrow, self.binary)
 
 
 class SearchableLayer(nn.Module):
-    """Shared machinery of searchable conv and linear layers (weights at max width)."""
+    """Shared machinery of searchable conv and linear layers (weights at max width).
+
+    The active channel counts live twice: in the ``in_active``/``out_active`` buffers (saved in
+    checkpoints) and as Python ints that ``forward`` slices with, so that a forward pass reads no
+    tensor back (no host sync on GPU, no graph break under ``torch.compile``). ``set_channels``
+    and ``load_state_dict`` keep the two equal.
+    """
 
     weight: nn.Parameter
 
@@ -91,6 +102,7 @@ class SearchableLayer(nn.Module):
         self.input_signed = input_signed
         self.register_buffer("in_active", torch.tensor(in_max))
         self.register_buffer("out_active", torch.tensor(out_max))
+        self.n_in, self.n_out = in_max, out_max
         self.configure_bits((8,), (8,))
 
     def configure_bits(self, w_choices: Sequence[Bits], a_choices: Sequence[Bits]) -> None:
@@ -119,15 +131,20 @@ class SearchableLayer(nn.Module):
 
     def set_channels(self, in_channels: int | None = None, out_channels: int | None = None) -> None:
         if in_channels is not None:
-            self.in_active.fill_(_check(in_channels, self.in_max, "input"))
+            self.n_in = _check(in_channels, self.in_max, "input")
+            self.in_active.fill_(self.n_in)
         if out_channels is not None:
-            self.out_active.fill_(_check(out_channels, self.out_max, "output"))
+            self.n_out = _check(out_channels, self.out_max, "output")
+            self.out_active.fill_(self.n_out)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.n_in, self.n_out = int(self.in_active), int(self.out_active)
 
     @property
     def active(self) -> tuple[int, int, Bits, Bits]:
         """(in_channels, out_channels, w_bits, a_bits) of the active setting."""
-        return (int(self.in_active), int(self.out_active),
-                self.weight_quant.active_bits, self.input_quant.active_bits)
+        return (self.n_in, self.n_out, self.weight_quant.active_bits, self.input_quant.active_bits)
 
     def active_weight(self) -> Tensor:
         """Max-width weight sliced to the active channels (first k out, first k in)."""
@@ -136,8 +153,8 @@ class SearchableLayer(nn.Module):
     def active_slices(self) -> dict[nn.Parameter, tuple]:
         """Index of the part of each parameter the active setting uses (the optimiser leaves
         the rest alone): the active channels of weight and bias, the active threshold rows."""
-        out = slice(int(self.out_active))
-        w_index = (out,) if getattr(self, "depthwise", False) else (out, slice(int(self.in_active)))
+        out = slice(self.n_out)
+        w_index = (out,) if getattr(self, "depthwise", False) else (out, slice(self.n_in))
         parts = {
             self.weight: w_index,
             self.weight_quant.threshold: (int(self.weight_quant.index), out),
@@ -160,7 +177,7 @@ class SearchableLayer(nn.Module):
         """Brevitas quantizer arguments carrying the active bits and learned thresholds."""
         kw: dict = {}
         w_bits, a_bits = self.weight_quant.active_bits, self.input_quant.active_bits
-        out = int(self.out_active)
+        out = self.n_out
         if w_bits is None:
             kw["weight_quant"] = None
         else:
@@ -205,10 +222,9 @@ class SearchableConv2d(SearchableLayer):
         self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
 
     def active_weight(self) -> Tensor:
-        out = int(self.out_active)
         if self.depthwise:
-            return self.weight[:out]
-        return self.weight[:out, : int(self.in_active)]
+            return self.weight[: self.n_out]
+        return self.weight[: self.n_out, : self.n_in]
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias[: w.shape[0]]
@@ -239,7 +255,7 @@ class SearchableLinear(SearchableLayer):
                          input_signed)
 
     def active_weight(self) -> Tensor:
-        return self.weight[: int(self.out_active), : int(self.in_active)]
+        return self.weight[: self.n_out, : self.n_in]
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias[: w.shape[0]]

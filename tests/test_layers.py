@@ -123,6 +123,28 @@ def test_set_channels_range_checked():
         layer.set_channels(in_channels=0)
 
 
+def test_loading_a_state_dict_restores_the_active_setting():
+    src = _layer()
+    src.set_active(2, 4)
+    src.set_channels(in_channels=3, out_channels=5)
+    dst = _layer()
+    dst.load_state_dict(src.state_dict())
+    assert dst.active == (3, 5, 2, 4)
+    x = torch.rand(2, 3, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(dst(x), src(x))
+
+
+def test_forward_compiles_without_graph_breaks():
+    """The active choice is read from tensors by tensor ops only, so one graph serves every bit-width."""
+    layer = _layer()
+    for q in (layer.weight_quant, layer.input_quant):
+        q.backend = "compiled"
+    layer.set_active(3, 2)
+    explanation = torch._dynamo.explain(layer)(torch.rand(2, 6, 5, 5))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 @pytest.mark.parametrize("w_bits, a_bits", [(1, 2), (2, 4), (3, 3), (8, 8)])
 def test_conv_to_static_is_a_plain_brevitas_layer_computing_the_same(w_bits, a_bits):
     layer = _layer(w_bits=(1, 2, 3, 8), a_bits=(2, 3, 4, 8))
