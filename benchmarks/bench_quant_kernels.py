@@ -1,9 +1,13 @@
 """Train-step time of one fixed-arch quantized network with each fake-quantization path.
 
-The network: six 3x3 convs (32-32-pool-64-64-pool-128-128) with BatchNorm and ReLU, global
-average pooling and a linear classifier, on 28x28x1 inputs (Fashion-MNIST size). The first conv
-and the classifier are 8-bit, the four inner convs --w-bits/--a-bits. A step is forward,
-cross-entropy, backward and an SGD step (momentum 0.9) on a fixed random batch.
+Networks (``--net``):
+  conv6     six 3x3 convs (32-32-pool-64-64-pool-128-128) with BatchNorm and ReLU, global average
+            pooling and a linear classifier, on 28x28x1 inputs (Fashion-MNIST size). The first conv
+            and the classifier are 8-bit, the four inner convs --w-bits/--a-bits.
+  supernet  the reference Fashion-MNIST supernet (``--config``, ResNet-14) on one sampled arch
+            (``--seed``): the searchable variants run the supernet on that path, the Brevitas and
+            float variants run ``supernet.extract(arch)`` and its float copy.
+A step is forward, cross-entropy, backward and an SGD step (momentum 0.9) on a fixed random batch.
 
 Variants (``--variants``):
   float           plain torch.nn float network, eager
@@ -24,7 +28,9 @@ per-code caches and limits), all built and warmed up first; then --rounds rounds
 variant, in turn, so that all variants see the same machine load. Both the median step and the
 minimum step (the least disturbed one: the better estimate when other processes compete for the
 cores) are reported, each as a ratio to the float network's, and the worker's CPU time per step
-(all threads, minimum).
+(all threads, minimum). On a shared virtual machine a process can stay slower than its twin for
+its whole life (page placement, neighbours), so --repeats N starts N fresh sets of workers and
+the headline ratios are the medians over the repeats.
 Memory: the bytes autograd keeps for backward in one step (unique storages of saved tensors,
 counted with saved_tensors_hooks), and the worker's peak RSS during the timed steps above its RSS
 before the model was built (the kernel's high-water mark is reset after the warm-up, so a
@@ -56,14 +62,48 @@ CHANNELS = [(1, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
 POOL_AFTER = {1, 3}
 
 
-def build(variant: str, w_bits: int, a_bits: int):
+def build(variant: str, args: argparse.Namespace):
     """The benchmark network for a variant (see the module docstring)."""
     import torch
+
+    from quant_kernels.brevitas_impl import set_fused_kernels
+
+    make = build_supernet_path if args.net == "supernet" else build_conv6
+    model = make(variant, args)
+    if variant.startswith("brevitas_fused"):
+        set_fused_kernels(model)
+    if variant.endswith("_compiled") or variant == "compiled_model":
+        model = torch.compile(model)
+    return model
+
+
+def build_supernet_path(variant: str, args: argparse.Namespace):
+    """The Fashion-MNIST supernet on one sampled path, or that path extracted (Brevitas, float)."""
+    import random
+
+    from bench_train_step import float_copy
+
+    from qspos.config import load_config
+    from qspos.supernet import build_supernet
+
+    supernet = build_supernet(load_config(args.config))
+    arch = supernet.space.sample(random.Random(args.seed))
+    if variant.startswith("float"):
+        return float_copy(supernet.extract(arch))
+    if variant.startswith("brevitas"):
+        return supernet.extract(arch)
+    supernet.set_quant_backend("compiled" if variant.startswith("compiled") else variant)
+    supernet.set_arch(arch)
+    return supernet
+
+
+def build_conv6(variant: str, args: argparse.Namespace):
+    """The six-conv network (see the module docstring)."""
     from torch import nn
 
     from qspos.layers import SearchableConv2d, SearchableLinear
-    from quant_kernels.brevitas_impl import set_fused_kernels
 
+    w_bits, a_bits = args.w_bits, args.a_bits
     is_float = variant.startswith("float")
     searchable = variant in ("reference", "fused", "compiled", "compiled_model")
     backend = "compiled" if variant.startswith("compiled") else variant
@@ -89,12 +129,7 @@ def build(variant: str, w_bits: int, a_bits: int):
             layers.append(nn.MaxPool2d(2))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     layers.append(nn.Linear(128, 10) if is_float else quant(SearchableLinear(128, 10), 8, 8))
-    model = nn.Sequential(*layers)
-    if variant.startswith("brevitas_fused"):
-        set_fused_kernels(model)
-    if variant.endswith("_compiled") or variant == "compiled_model":
-        model = torch.compile(model)
-    return model
+    return nn.Sequential(*layers)
 
 
 def saved_bytes(step) -> int:
@@ -137,7 +172,7 @@ def make_step(variant: str, args: argparse.Namespace):
     from torch import nn
 
     torch.manual_seed(0)
-    model = build(variant, args.w_bits, args.a_bits)
+    model = build(variant, args)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(1)
@@ -220,21 +255,43 @@ def machine_info() -> dict:
             "platform": platform.platform(), "load_avg_at_start": os.getloadavg()}
 
 
+STATS = {"median_ms": "median", "step_ms": "min", "cpu_ms": "CPU"}
+NETWORKS = {"conv6": "6x conv3x3 (32,32,p,64,64,p,128,128)+BN+ReLU, GAP, linear; 28x28x1 input",
+            "supernet": "Fashion-MNIST supernet ({config}, arch sampled with seed {seed}); 28x28x1 input"}
+
+
+def ratios(results: dict[str, dict]) -> dict[str, float]:
+    """Every variant against the float step (by each statistic) and default Brevitas against it."""
+    out = {}
+    for stat, name in STATS.items():
+        if "float" in results:
+            out.update({f"{v}/float ({name})": results[v][stat] / results["float"][stat] for v in results})
+        if "brevitas" in results:
+            out.update({f"brevitas/{v} ({name})": results["brevitas"][stat] / results[v][stat] for v in results})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", choices=sorted(NETWORKS), default="conv6")
+    p.add_argument("--config", default=str(ROOT / "configs/fashion_mnist.yaml"), help="for --net supernet")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled arch (--net supernet)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=15, help="interleaved timed steps per variant")
+    p.add_argument("--repeats", type=int, default=1, help="fresh sets of worker processes")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--w-bits", type=int, default=4)
-    p.add_argument("--a-bits", type=int, default=4)
+    p.add_argument("--w-bits", type=int, default=4, help="inner layers' weight bits (--net conv6)")
+    p.add_argument("--a-bits", type=int, default=4, help="inner layers' activation bits (--net conv6)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/quant_kernels.json"))
+    p.add_argument("--out", default=None, help="default: benchmarks/results/quant_kernels[_NET].json")
     p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing --out JSON")
     args = p.parse_args()
+    suffix = "" if args.net == "conv6" else f"_{args.net}"
+    out = Path(args.out or ROOT / f"benchmarks/results/quant_kernels{suffix}.json")
 
     if args.markdown_only:
-        Path(args.out).with_suffix(".md").write_text(markdown(json.loads(Path(args.out).read_text())))
+        out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
         return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS + OPTIONAL)
@@ -242,23 +299,18 @@ def main() -> None:
         p.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + OPTIONAL}")
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
     machine = machine_info()
-    results = time_variants(variants, args)
+    repeats = []
+    for r in range(args.repeats):
+        print(f"repeat {r + 1}/{args.repeats}", flush=True)
+        results = time_variants(variants, args)
+        repeats.append({"results": results, "ratios": {k: round(v, 4) for k, v in ratios(results).items()}})
     machine["load_avg_at_end"] = os.getloadavg()
-
-    ratios = {}
-    for stat in ("median_ms", "step_ms", "cpu_ms"):
-        name = {"median_ms": "median", "step_ms": "min", "cpu_ms": "CPU"}[stat]
-        if "float" in results:
-            ratios.update({f"{v}/float ({name})": results[v][stat] / results["float"][stat] for v in results})
-        if "brevitas" in results:
-            ratios.update({f"brevitas/{v} ({name})": results["brevitas"][stat] / results[v][stat]
-                           for v in results if v != "brevitas"})
+    headline = {k: round(statistics.median(rep["ratios"][k] for rep in repeats), 3) for k in repeats[0]["ratios"]}
     report = {"command": command, "machine": machine,
-              "network": "6x conv3x3 (32,32,p,64,64,p,128,128)+BN+ReLU, GAP, linear; 28x28x1 input",
+              "network": NETWORKS[args.net].format(config=Path(args.config).name, seed=args.seed),
               "settings": {k: getattr(args, k) for k in
-                           ("batch", "w_bits", "a_bits", "rounds", "warmup", "threads")},
-              "results": results, "ratios": {k: round(v, 3) for k, v in ratios.items()}}
-    out = Path(args.out)
+                           ("net", "batch", "w_bits", "a_bits", "rounds", "repeats", "warmup", "threads")},
+              "ratios": headline, "repeats": repeats}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
@@ -266,12 +318,13 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    """The results as a Markdown table (written next to the JSON)."""
-    res, m = report["results"], report["machine"]
+    """The results as Markdown tables (written next to the JSON)."""
+    reps, m, ratio = report["repeats"], report["machine"], report["ratios"]
     nan = float("nan")
+    variants = list(reps[0]["results"])
 
-    def ratio(v: str, base: str, stat: str) -> float:
-        return res[v][stat] / res[base][stat] if base in res else nan
+    def med(v: str, key: str) -> float:
+        return statistics.median(rep["results"][v].get(key, nan) for rep in reps)
 
     lines = [
         "# quant_kernels: train-step time", "",
@@ -282,18 +335,26 @@ def markdown(report: dict) -> str:
         f"Network: {report['network']}; settings {report['settings']}", "",
         "Ratios to the float eager step by three statistics: the median wall step, the minimum wall "
         "step and the minimum CPU time of a step (least sensitive to other load on a shared or virtual "
-        "machine).", "",
-        "| variant | median ms | x float (median) | min ms | x float (min) | CPU ms | x float (CPU) "
+        f"machine). Each is the median over {len(reps)} repeat(s) with fresh worker processes; times "
+        "and memory are medians over the repeats too.", "",
+        "| variant | median ms | x float (median) | x float (min) | x float (CPU) "
         "| default Brevitas / variant (CPU) | img/s (median) | saved for backward MiB | peak RSS delta MiB "
         "| warm-up s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for v, r in res.items():
+    for v in variants:
         lines.append(
-            f"| {v} | {r['median_ms']:.1f} | {ratio(v, 'float', 'median_ms'):.3f} | {r['step_ms']:.1f} | "
-            f"{ratio(v, 'float', 'step_ms'):.3f} | {r['cpu_ms']:.1f} | {ratio(v, 'float', 'cpu_ms'):.3f} | "
-            f"{1 / ratio(v, 'brevitas', 'cpu_ms'):.2f} | {report['settings']['batch'] / r['median_ms'] * 1e3:.0f} | "
-            f"{r['saved_for_backward_mib']:.1f} | {r.get('peak_rss_delta_mib', nan):.0f} | {r['warmup_s']:.1f} |")
+            f"| {v} | {med(v, 'median_ms'):.1f} | {ratio.get(f'{v}/float (median)', nan):.3f} | "
+            f"{ratio.get(f'{v}/float (min)', nan):.3f} | {ratio.get(f'{v}/float (CPU)', nan):.3f} | "
+            f"{ratio.get(f'brevitas/{v} (CPU)', nan):.2f} | "
+            f"{report['settings']['batch'] / med(v, 'median_ms') * 1e3:.0f} | "
+            f"{med(v, 'saved_for_backward_mib'):.1f} | {med(v, 'peak_rss_delta_mib'):.0f} | {med(v, 'warmup_s'):.1f} |")
+    if len(reps) > 1:
+        lines += ["", "Spread: x float (median) in each repeat.", "",
+                  "| variant | " + " | ".join(f"repeat {i + 1}" for i in range(len(reps))) + " |",
+                  "|---|" + "---:|" * len(reps)]
+        lines += [f"| {v} | " + " | ".join(f"{rep['ratios'].get(f'{v}/float (median)', nan):.3f}" for rep in reps)
+                  + " |" for v in variants]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from torch import Tensor, nn
 
 from quant_kernels import fake_quant_impl
+from quant_kernels.input_conv import conv2d_quantized_input
 
 Bits = int | None  # None: the operand stays float (counts 32 bits in the cost model)
 
@@ -75,13 +76,16 @@ class BitChoiceQuantizer(nn.Module):
         row = self._active_row(self.threshold)
         return row if n is None else row[:n]
 
+    def active_args(self, x: Tensor, n_channels: int | None = None) -> tuple:
+        """The arguments after ``x`` of the backend's fake-quant call for the active choice."""
+        t = self.active_threshold(n_channels)
+        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
+        return t, self._active_row(self.bits_table), self.signed, self.narrow, self.binary
+
     def forward(self, x: Tensor, n_channels: int | None = None) -> Tensor:
         if not self.quantized:
             return x
-        t = self.active_threshold(n_channels)
-        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
-        fq = fake_quant_impl(self.backend)
-        return fq(x, t, self._active_row(self.bits_table), self.signed, self.narrow, self.binary)
+        return fake_quant_impl(self.backend)(x, *self.active_args(x, n_channels))
 
 
 class SearchableLayer(nn.Module):
@@ -226,10 +230,22 @@ class SearchableConv2d(SearchableLayer):
             return self.weight[: self.n_out]
         return self.weight[: self.n_out, : self.n_in]
 
-    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.input_quant
+        if q.quantized and not x.requires_grad and q.threshold.requires_grad and torch.is_grad_enabled():
+            # the network input: its threshold's gradient without the conv's input gradient
+            w = self.active_weight()
+            return conv2d_quantized_input(x, *q.active_args(x), fake_quant_impl(q.backend),
+                                          self.weight_quant(w, w.shape[0]), *self._conv_args(w))
+        return super().forward(x)
+
+    def _conv_args(self, w: Tensor) -> tuple:
+        """bias, stride, padding, dilation, groups of ``F.conv2d`` for the active weight ``w``."""
         bias = None if self.bias is None else self.bias[: w.shape[0]]
-        groups = w.shape[0] if self.depthwise else 1
-        return F.conv2d(x, w, bias, self.stride, self.padding, 1, groups)
+        return bias, self.stride, self.padding, (1, 1), w.shape[0] if self.depthwise else 1
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, *self._conv_args(w))
 
     @torch.no_grad()
     def to_static(self) -> QuantConv2d:

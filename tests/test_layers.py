@@ -89,6 +89,24 @@ def test_gradients_reach_the_shared_weight_and_only_the_active_thresholds():
     assert ta[1].abs().sum() > 0 and torch.count_nonzero(ta[0]) == 0
 
 
+def test_network_input_path_gives_the_gradients_of_the_plain_path():
+    """An input without gradient takes conv2d_quantized_input: same output, same parameter grads."""
+    layer = _layer()
+    layer.set_active(3, 4)
+    layer.set_channels(in_channels=4, out_channels=5)
+    x = torch.rand(2, 4, 5, 5) * 2
+    grads = []
+    for needs_grad in (False, True):  # True: autograd through the quantized input
+        layer.zero_grad()
+        out = layer(x.clone().requires_grad_(needs_grad))
+        out.square().sum().backward()
+        grads.append((out.detach(), layer.weight.grad.clone(), layer.input_quant.threshold.grad.clone(),
+                      layer.weight_quant.threshold.grad.clone()))
+    for fast, plain in zip(*grads):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert grads[0][2][1].abs().sum() > 0  # the active input threshold learns
+
+
 def test_gradients_reach_binary_weights_threshold_without_nan():
     layer = _layer(w_bits=(1, 2), a_bits=(2,))
     layer.set_active(1, 2)
