@@ -13,7 +13,8 @@ from quant_kernels import fake_quant
 
 @pytest.fixture
 def fresh_kernel(monkeypatch):
-    monkeypatch.setattr(compiled, "_kernels", {})
+    monkeypatch.setattr(compiled, "_static_kernels", {})
+    monkeypatch.setattr(compiled, "_dynamic_kernels", {})
     monkeypatch.setattr(compiled, "_compile_failed", False)
 
 
@@ -59,7 +60,24 @@ def test_inductor_kernel_matches_reference(fresh_kernel, monkeypatch):
                     if bits == 1.0 and not narrow:
                         continue
                     _check_against_reference(bits, signed, narrow, per_channel)
-    assert len(compiled._kernels) == 6 and not compiled._compile_failed
+    assert len(compiled._static_kernels) == 6 and not compiled._dynamic_kernels and not compiled._compile_failed
+
+
+def test_shapes_past_the_static_limit_share_a_dynamic_kernel(fresh_kernel, monkeypatch):
+    compiles = []
+
+    def record(fn, fullgraph, dynamic):
+        compiles.append(dynamic)
+        return fn  # the traceable function itself: same values, no compiler needed
+
+    monkeypatch.setattr(torch, "compile", record)
+    monkeypatch.setattr(compiled, "STATIC_KERNELS", 2)
+    t, bits = torch.tensor(1.0), torch.tensor(4.0)
+    for n in (3, 4, 5, 6, 3, 6):
+        x = torch.rand(n, 2)
+        assert torch.equal(compiled.fake_quant_compiled(x, t, bits, False, False), fake_quant(x, t, bits, False, False))
+    assert compiles == [False, False, None]  # shapes 3 and 4 own kernels, 5 and 6 share one
+    assert len(compiled._static_kernels) == 2 and len(compiled._dynamic_kernels) == 1
 
 
 def test_bad_input_raises_without_disabling_compilation(fresh_kernel, monkeypatch):
