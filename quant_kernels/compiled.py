@@ -98,8 +98,9 @@ def _kernel(config: tuple, shapes: tuple) -> Callable:
     """The compiled function for a static configuration (flags, ranks, dtype, device) and shapes.
 
     The bit-width is a tensor, so changing it never recompiles. The first ``STATIC_KERNELS`` shapes
-    get shape-specialised kernels: on the benchmark net (every layer its own shape) they ran about
-    10 % of a float step faster than shared dynamic-shape ones, for ~3 s of compilation each. A
+    get shape-specialised kernels: on the benchmark net (every layer its own shape), interleaved in
+    one process, its train step took 8 % less (minimum) and 9 % less CPU time with them than with
+    shared dynamic-shape kernels, for ~3 s of compilation per shape. A
     supernet with many widths would compile too many of them, so later shapes share one kernel per
     configuration in Dynamo's automatic dynamic mode (specialised for the first shape it sees,
     dynamic from the second on).
