@@ -79,10 +79,7 @@ class FinetuneResult:
     train_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(arch=self.arch.to_dict(), digest=self.arch.digest(), dir=str(self.dir),
-                 size_bytes=self.size_bits / 8)
-        return d
+        return _record(self, dir=str(self.dir))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FinetuneResult:
@@ -107,10 +104,14 @@ class EvalResult:
     size_bits: int
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(checkpoint=str(self.checkpoint), arch=self.arch.to_dict(), digest=self.arch.digest(),
-                 size_bytes=self.size_bits / 8)
-        return d
+        return _record(self, checkpoint=str(self.checkpoint))
+
+
+def _record(result: FinetuneResult | EvalResult, **paths: str) -> dict[str, Any]:
+    """A result as JSON-ready fields: the arch as a dict with its digest, the size in bytes too."""
+    d = asdict(result)
+    d.update(paths, arch=result.arch.to_dict(), digest=result.arch.digest(), size_bytes=result.size_bits / 8)
+    return d
 
 
 # ---------------------------------------------------------------------------- what to fine-tune

@@ -154,6 +154,10 @@ class SearchableLayer(nn.Module):
         """Max-width weight sliced to the active channels (first k out, first k in)."""
         raise NotImplementedError
 
+    def active_bias(self) -> Tensor | None:
+        """The bias of the active output channels (None without bias)."""
+        return None if self.bias is None else self.bias[: self.n_out]
+
     def active_slices(self) -> dict[nn.Parameter, tuple]:
         """Index of the part of each parameter the active setting uses (the optimiser leaves
         the rest alone): the active channels of weight and bias, the active threshold rows."""
@@ -236,16 +240,15 @@ class SearchableConv2d(SearchableLayer):
             # the network input: its threshold's gradient without the conv's input gradient
             w = self.active_weight()
             return conv2d_quantized_input(x, *q.active_args(x), fake_quant_impl(q.backend),
-                                          self.weight_quant(w, w.shape[0]), *self._conv_args(w))
+                                          self.weight_quant(w, w.shape[0]), *self._conv_args())
         return super().forward(x)
 
-    def _conv_args(self, w: Tensor) -> tuple:
-        """bias, stride, padding, dilation, groups of ``F.conv2d`` for the active weight ``w``."""
-        bias = None if self.bias is None else self.bias[: w.shape[0]]
-        return bias, self.stride, self.padding, (1, 1), w.shape[0] if self.depthwise else 1
+    def _conv_args(self) -> tuple:
+        """bias, stride, padding, dilation, groups of ``F.conv2d`` for the active setting."""
+        return self.active_bias(), self.stride, self.padding, (1, 1), self.n_out if self.depthwise else 1
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        return F.conv2d(x, w, *self._conv_args(w))
+        return F.conv2d(x, w, *self._conv_args())
 
     @torch.no_grad()
     def to_static(self) -> QuantConv2d:
@@ -259,7 +262,7 @@ class SearchableConv2d(SearchableLayer):
         )
         layer.weight.copy_(self.active_weight())
         if self.bias is not None:
-            layer.bias.copy_(self.bias[:out_c])
+            layer.bias.copy_(self.active_bias())
         return layer
 
 
@@ -274,8 +277,7 @@ class SearchableLinear(SearchableLayer):
         return self.weight[: self.n_out, : self.n_in]
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias[: w.shape[0]]
-        return F.linear(x, w, bias)
+        return F.linear(x, w, self.active_bias())
 
     @torch.no_grad()
     def to_static(self) -> QuantLinear:
@@ -283,7 +285,7 @@ class SearchableLinear(SearchableLayer):
         layer = QuantLinear(in_f, out_f, bias=self.bias is not None, **self._static_quant_kwargs())
         layer.weight.copy_(self.active_weight())
         if self.bias is not None:
-            layer.bias.copy_(self.bias[:out_f])
+            layer.bias.copy_(self.active_bias())
         return layer
 
 

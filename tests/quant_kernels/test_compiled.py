@@ -34,13 +34,17 @@ def _check_against_reference(bits: float, signed: bool, narrow: bool, per_channe
     torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_falls_back_to_fused_when_compile_fails(fresh_kernel, monkeypatch):
-    def broken(*args, **kwargs):
+def _compile_raising(message: str):
+    """A stand-in for ``torch.compile`` whose compiled functions raise ``RuntimeError(message)``."""
+    def compile_(*args, **kwargs):
         def fail(*a, **k):
-            raise RuntimeError("no C++ compiler")
+            raise RuntimeError(message)
         return fail
+    return compile_
 
-    monkeypatch.setattr(torch, "compile", broken)
+
+def test_falls_back_to_fused_when_compile_fails(fresh_kernel, monkeypatch):
+    monkeypatch.setattr(torch, "compile", _compile_raising("no C++ compiler"))
     with pytest.warns(RuntimeWarning, match="falling back"):
         _check_against_reference(4.0, False, False, per_channel=False)
     assert compiled._compile_failed
@@ -81,12 +85,7 @@ def test_shapes_past_the_static_limit_share_a_dynamic_kernel(fresh_kernel, monke
 
 
 def test_bad_input_raises_without_disabling_compilation(fresh_kernel, monkeypatch):
-    def shape_error(*args, **kwargs):
-        def fail(*a, **k):
-            raise RuntimeError("shape mismatch")
-        return fail
-
-    monkeypatch.setattr(torch, "compile", shape_error)
+    monkeypatch.setattr(torch, "compile", _compile_raising("shape mismatch"))
     with pytest.raises(RuntimeError, match="size of tensor"):
         compiled.fake_quant_compiled(torch.ones(3, 2), torch.ones(4, 1), torch.tensor(4.0), False, False)
     assert not compiled._compile_failed
