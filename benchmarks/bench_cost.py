@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from qspos.config import load_config
-from qspos.cost import CostModel
-from qspos.supernet import build_supernet
+from qspos.core.cost import CostModel
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import load_config
 
 RESULTS = Path(__file__).parent / "results"
 

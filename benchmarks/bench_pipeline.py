@@ -23,9 +23,9 @@ from pathlib import Path
 from bench_cost import machine
 
 import qspos
-from qspos.pipeline import claim_run_dir
-from qspos.report import write_report
-from qspos.rundir import resolve_run_dir
+from qspos.runtime.rundir import resolve_run_dir
+from qspos.stages.report import write_report
+from qspos.stages.run import claim_run_dir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,9 +52,9 @@ def main() -> None:
         return out
 
     stage("train", qspos.train_supernet, cfg, run_dir, resume=args.resume)
-    stage("search", qspos.search, cfg, run_dir, resume=args.resume)
-    nets = stage("finetune + test eval", qspos.finetune, cfg, run_dir, resume=args.resume)
-    exports = stage("export", qspos.export, run_dir)
+    stage("search", qspos.stages.search, cfg, run_dir, resume=args.resume)
+    nets = stage("finetune + test eval", qspos.stages.finetune, cfg, run_dir, resume=args.resume)
+    exports = stage("export", qspos.stages.export, run_dir)
     report = stage("report", write_report, run_dir)
     total = round(sum(times.values()), 1)
 

@@ -83,8 +83,8 @@ def build_supernet_path(variant: str, args: argparse.Namespace):
 
     from bench_train_step import float_copy
 
-    from qspos.config import load_config
-    from qspos.supernet import build_supernet
+    from qspos.runtime.build import build_supernet
+    from qspos.runtime.config import load_config
 
     supernet = build_supernet(load_config(args.config))
     arch = supernet.space.sample(random.Random(args.seed))
@@ -101,7 +101,7 @@ def build_conv6(variant: str, args: argparse.Namespace):
     """The six-conv network (see the module docstring)."""
     from torch import nn
 
-    from qspos.layers import SearchableConv2d, SearchableLinear
+    from qspos.core.layers import SearchableConv2d, SearchableLinear
 
     w_bits, a_bits = args.w_bits, args.a_bits
     is_float = variant.startswith("float")

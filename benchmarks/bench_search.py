@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from qspos.config import load_config
-from qspos.data import load_splits
-from qspos.evaluate import CandidateEvaluator, fixed_batches
-from qspos.progress import console, table
-from qspos.search import search
-from qspos.supernet import load_supernet
+from qspos.runtime.build import load_supernet
+from qspos.runtime.config import load_config
+from qspos.runtime.data import load_splits
+from qspos.runtime.evaluate import CandidateEvaluator, fixed_batches
+from qspos.runtime.progress import console, table
+from qspos.stages.search import search
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -29,9 +29,9 @@ from bench_cost import machine
 from brevitas.nn import QuantConv2d, QuantLinear
 from torch import nn
 
-from qspos.config import load_config
-from qspos.optim import MaskedSGD, param_groups
-from qspos.supernet import build_supernet
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import load_config
+from qspos.runtime.optim import MaskedSGD, param_groups
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,20 +1,59 @@
-"""qspos: joint mixed-precision and channel search with a single-path one-shot Brevitas supernet."""
+"""qspos: joint mixed-precision and channel search with a single-path one-shot Brevitas supernet.
 
+The package is layered; each layer imports only from those below it::
+
+    qspos.errors   the one error type users see
+    qspos.core     archs, spaces, searchable layers, the supernet, costs, budgets (no config, no files)
+    qspos.models   the model registry, built-in backbones, conversion of users' models
+    qspos.runtime  config, run directory, checkpoints, data, torchrun, logging, the training loop
+    qspos.stages   train, search, finetune, evaluate, export, report, run
+    qspos.api, qspos.cli
+
+The names below are loaded on first use (PEP 562), so ``import qspos`` costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-# ``qspos.search``, ``qspos.finetune`` and ``qspos.export`` are the stage functions of qspos/api.py,
-# not the submodules of the same names: import names from the submodules directly
-# (``from qspos.search import SearchResult``), not through these package attributes.
-from qspos.api import evaluate, export, finetune, run, search, train_supernet  # noqa: E402
-from qspos.arch import Arch, Choice  # noqa: E402
-from qspos.config import Config, load_config  # noqa: E402
-from qspos.errors import QsposError  # noqa: E402
-from qspos.space import ChoicePoint, Space  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "evaluate", "export", "finetune",
-           "load_config", "run", "search", "train_supernet"]
+
+_EXPORTS = {
+    "Arch": "qspos.core.arch", "Choice": "qspos.core.arch",
+    "ChoicePoint": "qspos.core.space", "Space": "qspos.core.space",
+    "Supernet": "qspos.core.supernet",
+    "Config": "qspos.runtime.config", "load_config": "qspos.runtime.config",
+    "load_arch": "qspos.runtime.files", "save_arch": "qspos.runtime.files",
+    "QsposError": "qspos.errors",
+    "train_supernet": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
+    "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
+}
+__all__ = ["Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate", "export",
+           "finetune", "load_arch", "load_config", "run", "save_arch", "search", "train_supernet"]
+
+if TYPE_CHECKING:
+    from qspos.api import evaluate, export, finetune, run, search, train_supernet
+    from qspos.core.arch import Arch, Choice
+    from qspos.core.space import ChoicePoint, Space
+    from qspos.core.supernet import Supernet
+    from qspos.errors import QsposError
+    from qspos.runtime.config import Config, load_config
+    from qspos.runtime.files import load_arch, save_arch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'qspos' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,4 +1,8 @@
-"""The ``qspos`` command line (contract in DESIGN.md). Errors print one line and exit non-zero."""
+"""The ``qspos`` command line. Bad input prints one line (``qspos: error: ...``) and exits with 2.
+
+Each command imports its stage only when it runs, so ``qspos --help`` and argument errors
+return at once, and a config error is reported before torch and Brevitas are loaded.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import sys
 from collections.abc import Callable
 
 from qspos.errors import QsposError
+
+EPILOG = "Every command also works as 'python -m qspos ...' and under torchrun. Docs: README.md."
 
 
 def _parse_pair(text: str) -> tuple[int, int]:
@@ -21,7 +27,7 @@ def _parse_pair(text: str) -> tuple[int, int]:
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True, resume: bool = True) -> None:
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file (see configs/)")
     if out:
         p.add_argument("--out", help="run directory (default: runs/NAME from the config)")
     if resume:
@@ -31,8 +37,14 @@ def _common(p: argparse.ArgumentParser, out: bool = True, resume: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qspos", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from qspos import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="qspos", epilog=EPILOG,
+        description="Joint mixed-precision and channel search with a single-path one-shot Brevitas supernet.",
+    )
+    parser.add_argument("--version", action="version", version=f"qspos {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _common(sub.add_parser("run", help="train -> search -> finetune -> eval -> export -> report"))
     _common(sub.add_parser("train", help="train the supernet with uniform path sampling"))
@@ -41,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--arch", help="arch YAML/JSON file to fine-tune")
-    g.add_argument("--pick", type=int, help="fine-tune only the N-th search result (0-based)")
+    g.add_argument("--pick", type=int, help="fine-tune each budget's N-th best arch (0-based)")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
     _common(p, out=False, resume=False)
@@ -51,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's fine-tuned nets")
     p.add_argument("run_dir", help="run directory holding finetune/")
     p.add_argument("--format", dest="formats", action="append",
-                   choices=["onnx-qcdq", "qonnx", "packed"], help="repeatable; default: all")
+                   choices=["onnx-qcdq", "qonnx", "packed"], help="repeatable; default: the config's export.formats")
 
     p = sub.add_parser("cost", help="MACs, BitOps and size of an arch, per layer")
     _common(p, out=False, resume=False)
@@ -60,20 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--uniform", type=_parse_pair, metavar="W,A",
                    help="every choice point at W-bit weights, A-bit activations, base width")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("latency", help="measure the per-layer latency table of a space on this machine")
+    _common(p, out=False, resume=False)
+    p.add_argument("table", metavar="OUT.json", help="table to write (for search.latency_table)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per layer setting (median)")
+    p.add_argument("--batch-size", type=int, default=1)
     return parser
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from qspos.arch import Arch
-    from qspos.config import load_config
+    from qspos.runtime.config import load_config
+    from qspos.runtime.files import load_arch
 
     # read the user's files before importing torch/Brevitas (seconds): bad input fails at once
     cfg = load_config(args.config, args.overrides)
-    arch_file = Arch.load(args.arch) if args.arch else None
+    arch_file = load_arch(args.arch) if args.arch else None
 
-    from qspos.cost import CostModel
-    from qspos.progress import table
-    from qspos.supernet import build_supernet
+    from qspos.core.cost import CostModel
+    from qspos.runtime.build import build_supernet
+    from qspos.runtime.progress import stdout, table
 
     supernet = build_supernet(cfg)
     model = CostModel(supernet, cfg.input_shape)
@@ -87,13 +105,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(cost.to_dict()))
         return 0
-    from rich.console import Console
-
     rows = [[lc.name, lc.in_channels, lc.out_channels, lc.w_bits, lc.a_bits, lc.macs, lc.bitops]
             for lc in cost.layers]
-    con = Console()
-    con.print(table(f"cost of {label}", ["layer", "in", "out", "w", "a", "MACs", "BitOps"], rows))
-    con.print(
+    stdout.print(table(f"cost of {label}", ["layer", "in", "out", "w", "a", "MACs", "BitOps"], rows))
+    stdout.print(
         f"MACs {cost.macs / 1e6:.3f} M   BitOps {cost.bitops / 1e9:.4f} G "
         f"(searched part {cost.searched_bitops / 1e9:.4f} G)   "
         f"weights {cost.size_bits / 8 / 1024:.1f} KiB (+{cost.bias_params} float bias params)"
@@ -101,31 +116,136 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage(module: str, func: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+def cmd_train(args: argparse.Namespace) -> int:
+    from qspos.runtime.config import load_config
 
-        return getattr(importlib.import_module(module), func)(args)
+    cfg = load_config(args.config, args.overrides)
+    from qspos.runtime.distributed import is_main_process
+    from qspos.runtime.progress import console, percent, stdout, table
+    from qspos.stages.train import train_supernet
 
-    return run
+    res = train_supernet(cfg, args.out, resume=args.resume)
+    if not is_main_process():
+        return 0
+    f = res.fit
+    rows = [
+        ["steps", f.steps], ["epochs", round(f.epochs, 3)], ["train loss (last interval)", f.loss],
+        ["train top-1 (last interval)", percent(f.top1)], ["images/s", round(f.images_per_s)],
+        ["time (s)", round(f.seconds)], ["val top-1, largest path", percent(res.val_top1_max)],
+        ["val top-1, smallest path", percent(res.val_top1_min)], ["checkpoint", str(f.checkpoint)],
+    ]
+    stdout.print(table(f"supernet training: {cfg.name}", ["name", "value"], rows))
+    console.print(f"next: qspos search {args.config}" + (f" --out {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from qspos.runtime.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from qspos.stages.search import search
+
+    search(cfg, args.out, resume=args.resume)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from qspos.runtime.config import load_config
+    from qspos.runtime.files import load_arch
+
+    cfg = load_config(args.config, args.overrides)
+    arch = load_arch(args.arch) if args.arch else None
+    from qspos.runtime.distributed import is_main_process
+    from qspos.runtime.progress import stdout
+    from qspos.stages.finetune import finetune, results_table
+
+    results = finetune(cfg, args.out, arch=arch, pick=args.pick, resume=args.resume)
+    if is_main_process():
+        stdout.print(results_table(results, f"fine-tuned nets: {cfg.name}"))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """A table, and a JSON file beside the checkpoint (printed instead where it cannot be written)."""
+    from qspos.runtime.config import load_config
+    from qspos.runtime.files import load_arch
+
+    cfg = load_config(args.config, args.overrides)
+    arch = load_arch(args.arch) if args.arch else None
+    from qspos.runtime.files import write_json
+    from qspos.runtime.progress import console, percent, stdout, table
+    from qspos.stages.evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(cfg, args.checkpoint, arch)
+    rows = [["test top-1", percent(res.test_top1)], ["test top-5", percent(res.test_top5)],
+            ["MACs (M)", f"{res.macs / 1e6:.3f}"], ["BitOps (G)", f"{res.bitops / 1e9:.4f}"],
+            ["searched BitOps (G)", f"{res.searched_bitops / 1e9:.4f}"],
+            ["weights (KiB)", f"{res.size_bits / 8 / 1024:.2f}"], ["arch", res.arch.digest()]]
+    stdout.print(table(f"{res.kind} checkpoint {res.checkpoint}", ["name", "value"], rows))
+    try:
+        write_json(res.json_path, res.to_dict())
+        console.print(f"wrote {res.json_path}")
+    except OSError:  # a read-only place: the numbers still reach the user
+        print(json.dumps(res.to_dict()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A table; exit 1 if an ONNX check failed."""
+    from qspos.runtime.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, one process exports
+        return 0
+    from qspos.runtime.progress import console, stdout
+    from qspos.runtime.rundir import RunDir
+    from qspos.stages.export import export, export_table
+
+    run = RunDir(args.run_dir)
+    run.read_config()  # "not a run directory" before any work
+    results = export(run, args.formats)
+    stdout.print(export_table(results))
+    for r in results:
+        for fmt, why in r.skipped.items():
+            console.print(f"[yellow]{r.name}: {fmt} skipped: {why}")
+    failed = [r.name for r in results if r.check_ok is False]
+    if failed:
+        console.print(f"[red]onnxruntime and PyTorch disagree on test top-1 for {', '.join(failed)}")
+        return 1
+    console.print(f"wrote {run.path / run.EXPORT}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qspos.runtime.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from qspos.stages.run import run
+
+    run(cfg, args.out, resume=args.resume)
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from qspos.runtime.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from qspos.stages.latency import measure_latency
+
+    table = measure_latency(cfg, args.table, reps=args.reps, batch_size=args.batch_size)
+    n = sum(len(d) for d in table.entries.values())
+    print(f"wrote {n} layer settings of {len(table.entries)} layers to {args.table}")
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "cost": cmd_cost,
-    "train": _stage("qspos.train", "cli_train"),
-    "search": _stage("qspos.search", "cli_search"),
-    "finetune": _stage("qspos.finetune", "cli_finetune"),
-    "eval": _stage("qspos.finetune", "cli_eval"),
-    "export": _stage("qspos.export", "cli_export"),
-    "run": _stage("qspos.pipeline", "cli_run"),
+    "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "eval": cmd_eval,
+    "export": cmd_export, "run": cmd_run, "latency": cmd_latency,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import qspos  # noqa: F401  (quiets torch's CUDA-toolkit warning before Brevitas loads)
-
         return COMMANDS[args.command](args)
     except QsposError as e:
         print(f"qspos: error: {e}", file=sys.stderr)

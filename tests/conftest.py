@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from qspos.config import Config, load_config
-from qspos.layers import SearchableLayer
+from qspos.core.layers import SearchableLayer
+from qspos.runtime.config import Config, load_config
 
 # Test tensors are tiny: with several threads on a shared, busy machine the OpenMP threads spin
 # waiting for each other and a small forward takes 10-50x longer than on one thread.

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from qspos.checkpoint import atomic_save
-from qspos.config import Config, load_config
-from qspos.rundir import SUPERNET_SECTIONS, fingerprint
-from qspos.supernet import build_supernet
+from qspos.runtime.build import build_supernet
+from qspos.runtime.checkpoint import atomic_save
+from qspos.runtime.config import Config, load_config
+from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 
 
 def tiny_config(**search) -> dict:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-from search_helpers import tiny_config
-
 import qspos
-from qspos.export import ExportResult
-from qspos.finetune import EvalResult, FinetuneResult
-from qspos.pipeline import RunResult
-from qspos.search import SearchResult
-from qspos.train import TrainResult
+from qspos.stages.evaluate import EvalResult
+from qspos.stages.export import ExportResult
+from qspos.stages.finetune import FinetuneResult
+from qspos.stages.run import RunResult
+from qspos.stages.search import SearchResult
+from qspos.stages.train import TrainResult
+from tests.search_helpers import tiny_config
 
 
 def test_stages_take_a_dict_and_return_result_objects(tmp_path):
@@ -23,7 +23,7 @@ def test_stages_take_a_dict_and_return_result_objects(tmp_path):
     trained = qspos.train_supernet(cfg, run_dir)
     assert isinstance(trained, TrainResult) and (run_dir / "config.yaml").is_file()
     found = qspos.search(cfg, run_dir)
-    assert isinstance(found, SearchResult) and [b["name"] for b in found.budgets] == ["w3a3"]
+    assert isinstance(found, SearchResult) and [b.name for b in found.budgets] == ["w3a3"]
     (net,) = qspos.finetune(cfg, run_dir)
     assert isinstance(net, FinetuneResult) and net.name == "w3a3" and net.arch == found.best("w3a3")
     evaluated = qspos.evaluate(cfg, net.dir / "model.pt")
@@ -39,4 +39,4 @@ def test_stages_take_a_dict_and_return_result_objects(tmp_path):
 
 def test_stage_names_on_the_package_are_functions_and_the_submodules_still_import():
     assert all(callable(getattr(qspos, n)) for n in ("train_supernet", "search", "finetune", "export", "run"))
-    assert importlib.import_module("qspos.search").SearchResult is SearchResult
+    assert importlib.import_module("qspos.stages.search").SearchResult is SearchResult

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from qspos.arch import Choice
 from qspos.cli import main
-from qspos.config import save_config
-from qspos.cost import CostModel
-from qspos.supernet import build_supernet
+from qspos.core.arch import Choice
+from qspos.core.cost import CostModel
+from qspos.runtime.build import build_supernet
+from qspos.runtime.files import save_arch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -58,14 +58,14 @@ def test_python_m_qspos_reports_config_errors_on_one_line(tmp_path, monkeypatch,
 @pytest.fixture
 def small_yaml(small_cfg, tmp_path) -> Path:
     path = tmp_path / "small.yaml"
-    save_config(small_cfg, path)
+    path.write_text(small_cfg.to_yaml())
     return path
 
 
 def test_cost_arch_file(small_cfg, small_yaml, tmp_path, capsys):
     supernet = build_supernet(small_cfg)
     arch = supernet.space.extremes()[0].replace(**{"layer2.0": Choice(4, 2, 1.0)})
-    arch.save(tmp_path / "arch.yaml")
+    save_arch(arch, tmp_path / "arch.yaml")
     assert main(["cost", str(small_yaml), "--arch", str(tmp_path / "arch.yaml"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     expected = CostModel(supernet, small_cfg.input_shape).cost(arch).to_dict()

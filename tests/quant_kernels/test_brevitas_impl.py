@@ -9,7 +9,7 @@ import torch
 from brevitas.core.quant import RescalingIntQuant
 from brevitas.nn import QuantConv2d, QuantLinear
 
-from qspos.layers import (
+from qspos.core.layers import (
     BinaryWeightQuant,
     SearchableConv2d,
     SearchableLinear,

@@ -127,7 +127,7 @@ def test_backends_registered():
 
 
 def test_searchable_layer_backends_agree():
-    from qspos.layers import SearchableConv2d
+    from qspos.core.layers import SearchableConv2d
 
     torch.manual_seed(0)
     layer = SearchableConv2d(4, 6, 3, padding=1)

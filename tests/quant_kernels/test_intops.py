@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qspos.layers import SearchableConv2d, SearchableLinear
+from qspos.core.layers import SearchableConv2d, SearchableLinear
 from quant_kernels import to_int
 from quant_kernels.intops import int_conv2d, int_linear, quant_conv2d, quant_linear
 

@@ -1,0 +1,76 @@
+"""The genome side of the evolutionary search (SPOS, Guo et al. 2020, Sec. 3.4).
+
+Each generation: the top-k archs evaluated so far are the parents; ``mutation_count`` children
+by mutation (each choice point resampled with ``mutation_prob``) and ``crossover_count`` by
+uniform crossover of two parents; a child outside the budget or already seen is rejected, with at
+most ``max_tries`` attempts per kind; the population is refilled with random archs in the budget.
+Everything here is a pure function of the RNG, so every rank of a torchrun job breeds the same.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from qspos.core.arch import Arch
+from qspos.core.space import Space
+from qspos.errors import QsposError
+
+Accept = Callable[[Arch], bool]
+
+
+class BreedSettings(Protocol):
+    """How a generation is bred (the config's ``search`` section has these fields)."""
+
+    population: int
+    mutation_prob: float
+    mutation_count: int
+    crossover_count: int
+    max_tries: int
+
+
+def ranked(digests: Sequence[str], scores: Mapping[str, float], tiebreak: Mapping[str, float]) -> list[str]:
+    """Digests best first: higher score, then smaller ``tiebreak`` (e.g. BitOps), then digest."""
+    return sorted(set(digests), key=lambda d: (-scores[d], tiebreak[d], d))
+
+
+def random_archs(space: Space, rng: random.Random, accept: Accept, seen: set[str], count: int,
+                 max_tries: int) -> list[Arch]:
+    """Up to ``count`` new archs, uniform among those ``accept`` admits and not in ``seen``.
+
+    Fewer come back when ``max_tries`` samples in a row find nothing new (a small space or a
+    tight budget nearly exhausted). Their digests are added to ``seen``.
+    """
+    out = []
+    for _ in range(count):
+        try:
+            arch = space.sample(rng, lambda a: a.digest() not in seen and accept(a), max_tries)
+        except QsposError:
+            break
+        seen.add(arch.digest())
+        out.append(arch)
+    return out
+
+
+def breed(space: Space, parents: Sequence[Arch], rng: random.Random, accept: Accept, seen: set[str],
+          cfg: BreedSettings) -> list[Arch]:
+    """The next population: mutation children, crossover children, then random refill."""
+    kinds: list[tuple[Callable[[], Arch], int]] = [
+        (lambda: space.mutate(rng.choice(parents), cfg.mutation_prob, rng), cfg.mutation_count),
+        (lambda: space.crossover(rng.choice(parents), rng.choice(parents), rng), cfg.crossover_count),
+    ]
+    children: list[Arch] = []
+    for make, count in kinds:
+        made = 0
+        for _ in range(cfg.max_tries):
+            if made == count:
+                break
+            child = make()
+            if child.digest() in seen or not accept(child):
+                continue
+            seen.add(child.digest())
+            children.append(child)
+            made += 1
+    refill = cfg.population - len(children)
+    return children + random_archs(space, rng, accept, seen, refill, cfg.max_tries)

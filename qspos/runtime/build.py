@@ -1,0 +1,75 @@
+"""From a config to the networks it names: the supernet, a trained supernet, a fine-tuned net.
+
+Every command rebuilds its networks from the config alone through these functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from qspos.core.arch import Arch
+from qspos.core.supernet import Supernet
+from qspos.errors import QsposError
+from qspos.models import create_model
+from qspos.runtime.checkpoint import load_checkpoint
+from qspos.runtime.config import Config
+from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
+
+
+def build_supernet(cfg: Config) -> Supernet:
+    """The supernet of a config: its backbone at the space's largest width multiplier.
+
+    A string ``model.args.weights`` names a local float state-dict file, loaded here and handed
+    to the model's factory (nothing is downloaded).
+    """
+    args = dict(cfg.model.args)
+    if isinstance(args.get("weights"), str):
+        args["weights"] = load_checkpoint(args["weights"])
+    net = create_model(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes,
+        in_channels=cfg.model.in_channels,
+        max_width=max(cfg.space.width_multipliers),
+        **args,
+    )
+    supernet = Supernet(net, cfg.space)
+    supernet.set_quant_backend(cfg.quant.backend)
+    return supernet
+
+
+def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True) -> Supernet:
+    """A supernet of ``cfg`` with the weights of a training checkpoint (``supernet.pt``).
+
+    Refuses a checkpoint whose model/space differ from the config, or (by default) one whose
+    training has not finished.
+    """
+    state = load_checkpoint(path)
+    want = fingerprint(cfg, *SUPERNET_SECTIONS)
+    if state.get("fingerprint") != want:
+        raise QsposError(f"{path} was trained with another model/space config than this one")
+    if require_complete and not state.get("complete", False):
+        raise QsposError(f"{path} is an unfinished training checkpoint; finish it with 'qspos train --resume'")
+    supernet = build_supernet(cfg)
+    supernet.load_state_dict(state["model"])
+    return supernet
+
+
+def load_finetuned(cfg: Config, path: str | Path) -> tuple[nn.Module, Arch]:
+    """A fine-tuned net (``model.pt``) and its arch, rebuilt from the config's backbone."""
+    return finetuned_from_state(cfg, load_checkpoint(path), Path(path))
+
+
+def finetuned_from_state(cfg: Config, state: dict, path: Path) -> tuple[nn.Module, Arch]:
+    """The net of a loaded ``model.pt`` (``path`` names it in errors), in eval mode."""
+    if state.get("fingerprint") != fingerprint(cfg, *SUPERNET_SECTIONS):
+        raise QsposError(f"{path} holds a net of another model/space config than this one")
+    supernet = build_supernet(cfg)
+    arch = supernet.space.validate(Arch.from_dict(state["arch"]))
+    model = supernet.extract(arch)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise QsposError(f"{path} does not fit the net of its arch: {str(e).splitlines()[0]}") from None
+    return model.eval(), arch

@@ -1,0 +1,225 @@
+"""Datasets and loaders: train / held-out val (from the training split) / test.
+
+Fashion-MNIST is read from the IDX files of Debian's ``dataset-fashion-mnist`` package (or from
+``data.root``); torchvision downloads only when ``data.download`` is true. The search only sees
+the val split; the test split is for final evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from qspos.errors import QsposError
+from qspos.runtime.config import DataConfig, ModelConfig
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MEAN_STD = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass
+class DataSplits:
+    train: Dataset  # training split minus val, augmented
+    calib: Dataset  # the same images as ``train`` without augmentation (BN recalibration)
+    val: Dataset  # held out from the training split, no augmentation
+    test: Dataset
+
+
+class TensorImages(Dataset):
+    """Images held as one uint8 tensor (N, C, H, W); augmentation runs on tensors, per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool):
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float().div_(255)
+        if self.augment:
+            x = _random_crop_flip(x, padding=2 if x.shape[-1] <= 28 else 4)
+        return (x - self.mean) / self.std, int(self.labels[i])
+
+
+def _random_crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    i, j = torch.randint(0, 2 * padding + 1, (2,)).tolist()
+    x = padded[:, i : i + h, j : j + w]
+    return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as used by MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        for folder in (root, root / "FashionMNIST" / "raw"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _fashion_mnist(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    root = Path(cfg.root) if cfg.root else DEBIAN_FASHION_MNIST
+    prefix = "train" if train else "t10k"
+    img, lbl = _find_idx(root, f"{prefix}-images-idx3-ubyte"), _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    if img is None or lbl is None:
+        if not cfg.download:
+            raise QsposError(
+                f"Fashion-MNIST not found in {root}: install it with "
+                "'apt-get install dataset-fashion-mnist', point data.root at the IDX files, "
+                "or set data.download=true to let torchvision fetch it"
+            )
+        from torchvision.datasets import FashionMNIST
+
+        ds = FashionMNIST(str(root), train=train, download=True)
+        return ds.data.unsqueeze(1), ds.targets
+    images = torch.from_numpy(read_idx(img).copy()).unsqueeze(1)
+    return images, torch.from_numpy(read_idx(lbl).astype(np.int64))
+
+
+def _cifar(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if cfg.dataset == "cifar10" else CIFAR100
+    root = cfg.root or "data"
+    try:
+        ds = cls(root, train=train, download=cfg.download)
+    except RuntimeError:
+        raise QsposError(
+            f"{cfg.dataset} not found under {root}: set data.root to its folder, "
+            "or data.download=true to let torchvision fetch it"
+        ) from None
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+
+def _synthetic(cfg: DataConfig, model: ModelConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-dependent patterns plus noise: learnable, so mechanics tests can see accuracy move."""
+    g = torch.Generator().manual_seed(1234 + int(train))
+    n, c, s, k = cfg.synthetic_size, model.in_channels, model.input_size, model.num_classes
+    protos = torch.rand(k, c, s, s, generator=torch.Generator().manual_seed(99)) * 255
+    labels = torch.randint(0, k, (n,), generator=g)
+    noise = torch.randn(n, c, s, s, generator=g) * 40
+    return (protos[labels] + noise).clamp(0, 255).to(torch.uint8), labels
+
+
+def _tensors(cfg: DataConfig, model: ModelConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.dataset == "fashion_mnist":
+        return _fashion_mnist(cfg, train)
+    if cfg.dataset in ("cifar10", "cifar100"):
+        return _cifar(cfg, train)
+    return _synthetic(cfg, model, train)
+
+
+def _imagefolder(cfg: DataConfig, model: ModelConfig) -> DataSplits:
+    from torchvision import datasets, transforms
+
+    if not cfg.root or not (Path(cfg.root) / "train").is_dir():
+        raise QsposError("data.root must hold train/ and val/ ImageFolder trees (ImageNet layout)")
+    mean, std = MEAN_STD["imagefolder"]
+    size = model.input_size
+    norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm]
+    )
+    eval_tf = transforms.Compose([transforms.Resize(int(size * 8 / 7)), transforms.CenterCrop(size), *norm])
+    root = Path(cfg.root)
+    train_all = datasets.ImageFolder(root / "train", train_tf)
+    plain_all = datasets.ImageFolder(root / "train", eval_tf)
+    train_idx, val_idx = split_indices(len(train_all), cfg.val_size, cfg.split_seed, cfg.train_subset)
+    test = datasets.ImageFolder(root / "val", eval_tf)
+    return DataSplits(Subset(train_all, train_idx), Subset(plain_all, train_idx), Subset(plain_all, val_idx), test)
+
+
+def split_indices(n: int, val_size: int, seed: int, train_subset: int | None = None) -> tuple[list, list]:
+    """Disjoint (train, val) index lists of the training split; the same for the same seed."""
+    if val_size >= n:
+        raise QsposError(f"data.val_size={val_size} leaves no training images (split has {n})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val, train = perm[:val_size], perm[val_size:]
+    if train_subset is not None:
+        train = train[:train_subset]
+    return sorted(train), sorted(val)
+
+
+def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
+    """The three splits of the configured dataset (the val split is held out of train)."""
+    if cfg.dataset == "imagefolder":
+        return _imagefolder(cfg, model)
+    mean, std = MEAN_STD.get(cfg.dataset, ((0.5,) * model.in_channels, (0.25,) * model.in_channels))
+    x_train, y_train = _tensors(cfg, model, train=True)
+    x_test, y_test = _tensors(cfg, model, train=False)
+    if x_train.shape[1] != model.in_channels or x_train.shape[-1] != model.input_size:
+        raise QsposError(
+            f"model.in_channels/input_size ({model.in_channels}, {model.input_size}) do not match "
+            f"{cfg.dataset} images {tuple(x_train.shape[1:])}"
+        )
+    train_idx, val_idx = split_indices(len(y_train), cfg.val_size, cfg.split_seed, cfg.train_subset)
+    ti, vi = torch.tensor(train_idx, dtype=torch.long), torch.tensor(val_idx, dtype=torch.long)
+    return DataSplits(
+        train=TensorImages(x_train[ti], y_train[ti], mean, std, augment=cfg.augment),
+        calib=TensorImages(x_train[ti], y_train[ti], mean, std, augment=False),
+        val=TensorImages(x_train[vi], y_train[vi], mean, std, augment=False),
+        test=TensorImages(x_test, y_test, mean, std, augment=False),
+    )
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    drop_last: bool = False,
+    order: Sequence[int] | None = None,
+) -> DataLoader:
+    """A loader whose shuffling order is fixed by ``seed`` (reproducible epochs); ``order``
+    visits exactly these items in this order instead. Its own generator also seeds the workers,
+    so creating a loader never draws from the global torch RNG (the augmentation's, workers=0)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and order is None,
+        sampler=order,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=workers,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+    )
+
+
+def first_images(dataset: Dataset, n: int, batch_size: int) -> TensorDataset:
+    """The first ``n`` items of a dataset as one in-memory tensor dataset (fixed calibration set)."""
+    xs, ys = [], []
+    for x, y in DataLoader(Subset(dataset, range(min(n, len(dataset)))), batch_size=batch_size):
+        xs.append(x)
+        ys.append(y)
+    return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+
+def calibration_loader(dataset: Dataset, n: int, batch_size: int) -> DataLoader:
+    """The first ``n`` images of ``dataset`` (un-augmented training images), held in memory, in
+    fixed batches: what BatchNorm is recalibrated on before a path or net is measured."""
+    return make_loader(first_images(dataset, n, batch_size), batch_size, shuffle=False)

@@ -1,0 +1,151 @@
+"""Accuracy of one path: BatchNorm recalibration on fixed images, then top-1/top-5 on a split.
+
+Shared by supernet training (validation of sampled paths), the search (every candidate) and
+fine-tuning. A path of a weight-sharing supernet needs its own BN statistics: the running
+statistics accumulated during training mix every path and would hurt each one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from qspos.core.arch import Arch
+from qspos.runtime.data import first_images, make_loader
+from qspos.runtime.distributed import Dist
+
+IN_MEMORY_BYTES = 1 << 30  # fixed image sets up to this size are held as ready batches
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, device: torch.device | str) -> None:
+    """Replace every BatchNorm's running statistics by their average over ``loader``.
+
+    Statistics are reset, then accumulated as a cumulative average (``momentum=None``) with only
+    the BatchNorms in train mode, so dropout and the like stay deterministic. Every module's
+    mode and every BatchNorm's momentum are restored afterwards.
+    """
+    norms = _batchnorms(model)
+    modes = {m: m.training for m in model.modules()}
+    momenta = {bn: bn.momentum for bn in norms}
+    try:
+        model.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for x, _ in loader:
+            model(x.to(device, non_blocking=True))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str) -> tuple[float, float]:
+    """(top-1, top-5) accuracy over ``loader`` as fractions in [0, 1], in eval mode.
+
+    Top-5 is top-k with k = min(5, number of classes). The model's mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = total = 0
+    try:
+        for x, y in loader:
+            logits = model(x.to(device, non_blocking=True))
+            y = y.to(logits.device)
+            c1, c5 = _correct(logits, y)
+            correct1 += c1
+            correct5 += c5
+            total += y.numel()
+    finally:
+        model.train(was_training)
+    if total == 0:
+        return 0.0, 0.0
+    return correct1 / total, correct5 / total
+
+
+def split_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, workers: int,
+                   device: torch.device | str) -> tuple[float | None, float | None]:
+    """(top-1, top-5) on a whole split, or (None, None) when it is empty (``data.val_size: 0``)."""
+    if len(dataset) == 0:
+        return None, None
+    return evaluate_top1(model, make_loader(dataset, batch_size, shuffle=False, workers=workers), device)
+
+
+def _correct(logits: Tensor, y: Tensor) -> tuple[int, int]:
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == y.unsqueeze(1)
+    return int(hit[:, 0].sum()), int(hit.any(1).sum())
+
+
+def fixed_batches(dataset: Dataset, n: int | None, batch_size: int, workers: int = 0) -> Iterable:
+    """The first ``n`` items (all when None) of ``dataset`` as the same batches on every pass.
+
+    Held in memory as a list of batches when small (no loader cost per candidate), otherwise
+    read in order by a loader.
+    """
+    n = len(dataset) if n is None else min(n, len(dataset))
+    if n == 0:
+        return []
+    item_bytes = dataset[0][0].numel() * 4
+    if n * item_bytes > IN_MEMORY_BYTES:
+        return make_loader(Subset(dataset, range(n)), batch_size, shuffle=False, workers=workers)
+    x, y = first_images(dataset, n, batch_size).tensors
+    return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+class CandidateEvaluator:
+    """Validation top-1 of archs on one supernet, cached by arch digest.
+
+    Each candidate gets its path activated, BN statistics recalibrated on the fixed ``calib``
+    batches and top-1 measured on ``val``. Under torchrun, the archs of one call are dealt out
+    over the ranks and the results gathered, so every rank ends with the same cache, equal to
+    what one process computes.
+    """
+
+    def __init__(
+        self,
+        supernet: nn.Module,
+        calib: Iterable,
+        val: Iterable,
+        device: torch.device | str,
+        dist: Dist | None = None,
+        cache: dict[str, float] | None = None,
+    ):
+        self.supernet, self.calib, self.val, self.device = supernet, calib, val, device
+        self.dist = dist or Dist()
+        self.cache: dict[str, float] = {} if cache is None else cache
+        self.computed = 0  # candidates this process evaluated (cache misses it was dealt)
+
+    def __call__(self, archs: Sequence[Arch]) -> list[float]:
+        """Top-1 of each arch (cached ones are not evaluated again)."""
+        todo = list({a.digest(): a for a in archs if a.digest() not in self.cache}.items())
+        mine = [(d, self.evaluate(a)) for d, a in todo[self.dist.rank :: self.dist.world]]
+        self.computed += len(mine)
+        if self.dist.enabled:
+            parts: list = [None] * self.dist.world
+            torch.distributed.all_gather_object(parts, mine)
+            found = dict(r for part in parts for r in part)
+        else:
+            found = dict(mine)
+        for d, _ in todo:  # insertion order independent of the number of ranks
+            self.cache[d] = found[d]
+        return [self.cache[a.digest()] for a in archs]
+
+    def evaluate(self, arch: Arch) -> float:
+        """One uncached evaluation: activate the path, recalibrate BN, top-1 on ``val``."""
+        self.supernet.set_arch(arch)
+        recalibrate_bn(self.supernet, self.calib, self.device)
+        return evaluate_top1(self.supernet, self.val, self.device)[0]

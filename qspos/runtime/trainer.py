@@ -1,0 +1,289 @@
+"""The one training loop, shared by supernet training and fine-tuning of a standalone net.
+
+``fit`` is resumable to the bit: the data order of an epoch is a function of (seed, epoch), a
+checkpoint holds the step (hence the position inside the shuffled epoch), model, optimiser,
+scheduler, AMP scaler, every RNG (augmentation runs on the global torch RNG when workers=0)
+and the state of the caller's objects (e.g. the path sampler), so a run killed and resumed ends
+with exactly the weights of an uninterrupted one (single process, CPU, workers=0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from qspos.errors import QsposError
+from qspos.runtime.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from qspos.runtime.config import OptimConfig
+from qspos.runtime.data import make_loader
+from qspos.runtime.distributed import Dist
+from qspos.runtime.optim import ActiveParts, make_optimizer
+from qspos.runtime.progress import MetricsLog, console, progress_bar
+
+# OptimConfig fields that do not change the trajectory (a resume may change them).
+_NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
+SINGLE = Dist()  # one process, no process group
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class FitResult:
+    steps: int  # updates done in all (this session and the ones before a resume)
+    epochs: float
+    loss: float  # mean training loss and top-1 (fraction) over the last log interval
+    top1: float
+    images_per_s: float  # this session's throughput (all ranks together); 0 if nothing ran
+    seconds: float  # this session's wall time
+    checkpoint: Path
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    optim: OptimConfig,
+    *,
+    batch_size: int,
+    seed: int,
+    checkpoint: str | Path,
+    fingerprint: str,
+    resume: bool = False,
+    recipe: Mapping[str, Any] | None = None,
+    before_step: Callable[[int], ActiveParts | None] | None = None,
+    state: Mapping[str, Stateful] | None = None,
+    metrics: MetricsLog | None = None,
+    dist: Dist = SINGLE,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    desc: str = "train",
+    on_ready: Callable[[], None] | None = None,
+    progress_interval_s: float = 30.0,
+) -> FitResult:
+    """Train ``model`` (classification, cross-entropy) on ``dataset`` as ``optim`` says.
+
+    - ``batch_size`` is global: each of ``dist.world`` ranks takes ``batch_size / world`` images
+      of every step (DDP when world > 1; every rank must run the same ``before_step``).
+      An epoch is ``len(dataset) // batch_size`` steps; ``optim.max_steps`` caps the total.
+    - ``seed`` fixes the data order of every epoch (and augmentation on a fresh start).
+    - ``checkpoint``: written atomically every ``optim.checkpoint_every`` steps and at the end
+      with keys ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (per rank), ``step``,
+      ``state`` (of ``state``), ``fingerprint``, ``recipe``, ``summary`` and ``complete``.
+      An existing one is refused unless ``resume``; a resume continues from it, and is refused
+      when its ``fingerprint`` (the caller's identity of the model) or its recipe (the optimiser
+      settings, batch size, seed, dataset size and the caller's ``recipe`` entries) differ.
+    - ``before_step(step)`` runs before each step's forward (e.g. activate a sampled path) and
+      may return the used part of each parameter: the optimiser leaves the rest unchanged.
+    - ``state``: objects whose ``state_dict()`` rides in the checkpoint (e.g. a sampler's RNG).
+    - ``metrics``: one line per ``optim.log_every`` steps (step, epoch, lr, loss, top1, img_s).
+    - ``on_ready()`` runs once every input is accepted (a resumed checkpoint included), before
+      the first step: e.g. to record the config the run now goes on with.
+    - ``progress_interval_s``: seconds between plain progress lines outside a terminal.
+    AMP (float16) and channels_last are used on CUDA only, as ``optim.amp/channels_last`` say.
+    """
+    device = torch.device(device)
+    path = Path(checkpoint)
+    cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if batch_size % dist.world:
+        raise QsposError(f"batch size {batch_size} is not divisible by the {dist.world} processes")
+    steps_per_epoch = len(dataset) // batch_size
+    if steps_per_epoch == 0:
+        raise QsposError(f"batch size {batch_size} is larger than the training split ({len(dataset)} images)")
+    total = max(1, round(optim.epochs * steps_per_epoch))
+    if optim.max_steps is not None:
+        total = min(total, optim.max_steps)
+    warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
+    full_recipe = {
+        **{f.name: getattr(optim, f.name) for f in fields(optim) if f.name not in _NOT_RECIPE},
+        "batch_size": batch_size, "seed": seed, "dataset_size": len(dataset), **(recipe or {}),
+    }
+
+    model.to(device)
+    if cuda and optim.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, optim, total, warmup)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and optim.amp)
+    state = dict(state or {})
+
+    step, summary = 0, {"loss": math.nan, "top1": math.nan}
+    if claim_checkpoint(path, resume).exists():
+        ckpt = load_checkpoint(path)
+        _check_resumable(ckpt, path, fingerprint, full_recipe)
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise QsposError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        for name, obj in state.items():
+            obj.load_state_dict(ckpt["state"][name])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0])
+        step, summary = ckpt["step"], ckpt["summary"]
+        if dist.main:
+            console.print(f"resuming {path} at step {step}/{total}")
+    else:
+        torch.manual_seed(seed + dist.rank)
+    if on_ready is not None:
+        on_ready()
+
+    def save(done: bool) -> None:
+        rngs = _gather(rng_state(), dist)
+        if dist.main:
+            atomic_save({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs, "step": step,
+                "state": {name: obj.state_dict() for name, obj in state.items()},
+                "fingerprint": fingerprint, "recipe": full_recipe, "summary": summary, "complete": done,
+            }, path)
+        dist.barrier()
+
+    net = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None, static_graph=True
+        )
+    criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    n_epochs = math.ceil(total / steps_per_epoch)
+    local_batch = batch_size // dist.world
+    start_step, t_start = step, time.perf_counter()
+    meter = _Meter(device)
+    model.train()
+    with progress_bar(enabled=dist.main and step < total, interval_s=progress_interval_s) as bar:
+        task = bar.add_task(desc, total=total, completed=step, info="")
+        while step < total:
+            epoch, pos = divmod(step, steps_per_epoch)
+            order = epoch_order(len(dataset), batch_size, seed, epoch, dist)[pos * local_batch :]
+            loader = make_loader(dataset, local_batch, shuffle=False, seed=seed + epoch, workers=workers,
+                                 order=order)
+            for x, y in loader:
+                active = before_step(step) if before_step is not None else None
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cuda and optim.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext():
+                    logits = net(x)
+                    loss = criterion(logits, y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt, active)
+                scaler.update()
+                sched.step()
+                meter.add(loss.detach(), logits.detach(), y)
+                step += 1
+                bar.update(task, advance=1)
+                last = step == total
+                if step % optim.log_every == 0 or last:
+                    summary = meter.flush(dist)
+                    img_s = summary.pop("images") / max(summary.pop("seconds"), 1e-9)
+                    lr = sched.get_last_lr()[0]
+                    info = (f"ep {epoch + 1}/{n_epochs}  loss {summary['loss']:.3f}  "
+                            f"top1 {100 * summary['top1']:.1f}%  {img_s:.0f} img/s")
+                    bar.update(task, info=info)
+                    if metrics is not None:
+                        metrics.write(step=step, epoch=round(step / steps_per_epoch, 4), lr=lr, **summary,
+                                      img_s=round(img_s, 1))
+                if last:
+                    break
+                if step % optim.checkpoint_every == 0:
+                    save(done=False)
+    if step > start_step:
+        _sync_buffers(model, dist)
+        save(done=True)
+    seconds = time.perf_counter() - t_start
+    images = (step - start_step) * batch_size
+    result = FitResult(step, step / steps_per_epoch, summary["loss"], summary["top1"],
+                       images / seconds if images else 0.0, seconds, path)
+    if dist.main:
+        console.print(
+            f"{desc}: {result.steps} steps ({result.epochs:.2f} epochs), loss {result.loss:.4f}, "
+            f"top-1 {100 * result.top1:.2f}%, {result.images_per_s:.0f} img/s, {seconds:.0f} s"
+        )
+    return result
+
+
+def claim_checkpoint(path: Path, resume: bool) -> Path:
+    """``path``, after refusing to start a run over a checkpoint that exists without ``resume``."""
+    if path.exists() and not resume:
+        raise QsposError(f"{path} already exists: pass --resume to continue it, or choose another --out")
+    return path
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, dist: Dist = SINGLE) -> list[int]:
+    """This rank's item indices of one epoch, in order: a permutation fixed by (seed, epoch),
+    cut into global batches (the incomplete last one dropped), each rank taking its slice."""
+    steps = n // batch_size
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)[: steps * batch_size]
+    return perm.view(steps, dist.world, batch_size // dist.world)[:, dist.rank].flatten().tolist()
+
+
+def _check_resumable(ckpt: dict, path: Path, fingerprint: str, recipe: dict) -> None:
+    if ckpt.get("fingerprint") != fingerprint:
+        raise QsposError(f"{path} was written for another model/config (fingerprint "
+                         f"{ckpt.get('fingerprint')} != {fingerprint}); choose another --out")
+    if "recipe" not in ckpt:
+        raise QsposError(f"{path} is not a training checkpoint that can be resumed")
+    old = ckpt["recipe"]
+    for key in sorted(set(old) | set(recipe)):
+        if old.get(key) != recipe.get(key):
+            raise QsposError(f"cannot resume {path}: {key} was {old.get(key)!r}, now {recipe.get(key)!r}")
+
+
+def _gather(obj: Any, dist: Dist) -> list:
+    if not dist.enabled:
+        return [obj]
+    out: list = [None] * dist.world
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def _sync_buffers(model: nn.Module, dist: Dist) -> None:
+    """Rank 0's buffers (BN statistics of its last batch) everywhere, so every rank ends equal."""
+    if dist.enabled:
+        for b in model.buffers():
+            torch_dist.broadcast(b, 0)
+
+
+class _Meter:
+    """Loss and top-1 summed on the device (no sync per step), reduced over ranks at log time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        n = y.numel()
+        correct = (logits.argmax(1) == y).sum()
+        self.sums += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=self.device,
+                                                                                    dtype=torch.float64)])
+
+    def flush(self, dist: Dist) -> dict[str, float]:
+        sums = self.sums.clone()
+        if dist.enabled:
+            torch_dist.all_reduce(sums)
+        loss, correct, n = sums.tolist()
+        out = {"loss": round(loss / n, 5), "top1": round(correct / n, 5), "images": n,
+               "seconds": time.perf_counter() - self.t0}
+        self.reset()
+        return out

@@ -1,0 +1,264 @@
+"""Fine-tuning (``qspos finetune``) and evaluation (``qspos eval``) of standalone quantized nets.
+
+A chosen arch becomes a plain Brevitas network (``Supernet.extract``: fixed bits and channels,
+no supernet machinery left). It starts from the supernet's weights and learned thresholds (what
+the one-shot search scored), from scratch, or from a float model of the same backbone; BatchNorm
+is recalibrated on training images; then quantization-aware training runs in the shared loop
+(``trainer.fit``: progress, checkpoint, resume, torchrun) and the net is measured on the held-out
+val split and on the test split, which only this stage and ``qspos eval`` ever see.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qspos.core.arch import Arch
+from qspos.core.calibrate import init_act_thresholds
+from qspos.core.cost import CostModel
+from qspos.core.space import Space
+from qspos.core.supernet import Supernet
+from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.checkpoint import atomic_save, load_checkpoint
+from qspos.runtime.config import Config
+from qspos.runtime.data import DataSplits, calibration_loader, load_splits
+from qspos.runtime.distributed import Dist, init_distributed, pick_device
+from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
+from qspos.runtime.files import load_arch, save_arch, write_json
+from qspos.runtime.progress import console, percent, table
+from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, fingerprint
+from qspos.runtime.trainer import fit
+from qspos.stages.evaluate import result_record
+from qspos.stages.search_results import SearchResult
+from quant_kernels.brevitas_impl import set_fused_kernels
+
+_FLOAT_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One net to fine-tune: its directory under ``finetune/`` and its arch."""
+
+    name: str
+    arch: Arch
+    search_val_top1: float | None = None  # the supernet's val top-1 for it, as the search measured
+
+
+@dataclass
+class FinetuneResult:
+    """What ``result.json`` holds for one fine-tuned net (accuracies are fractions)."""
+
+    name: str
+    arch: Arch
+    dir: Path
+    init: str
+    search_val_top1: float | None
+    val_top1_before: float | None  # after BN recalibration, before any training step
+    val_top1: float | None
+    val_top5: float | None
+    test_top1: float
+    test_top5: float
+    macs: int
+    bitops: int
+    searched_bitops: int
+    size_bits: int
+    steps: int
+    train_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return result_record(self, dir=str(self.dir))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneResult:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.update(arch=Arch.from_dict(d["arch"]), dir=Path(d["dir"]))
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------- what to fine-tune
+
+
+def finetune_targets(
+    cfg: Config, run_dir: str | Path | RunDir, space: Space, arch: Arch | None = None, pick: int | None = None
+) -> list[Target]:
+    """The nets to fine-tune: ``arch``; else the ``pick``-th best arch (0: the best) of every
+    budget in the search results, plus each budget's uniform arch with ``finetune.baselines``."""
+    run = RunDir.of(cfg, run_dir)
+    if arch is not None:
+        return [Target(f"arch-{space.validate(arch).digest()}", arch)]
+    pick = cfg.finetune.pick if pick is None else pick
+    rank = pick or 0
+    targets = []
+    for budget in SearchResult.load(run.search_results).budgets:
+        if rank >= len(budget.best):
+            raise QsposError(f"pick {rank}: budget {budget.name} has {len(budget.best)} search result(s)")
+        chosen = budget.best[rank]
+        targets.append(Target(budget.name if rank == 0 else f"{budget.name}-{rank}", space.validate(chosen.arch),
+                              chosen.val_top1))
+        u = budget.uniform
+        if cfg.finetune.baselines and u and u.in_domain:
+            targets.append(Target(f"{budget.name}-uniform", space.uniform(u.w_bits, u.a_bits), u.val_top1))
+    if not targets:
+        raise QsposError(f"{run.search_results} holds no budgets")
+    return targets
+
+
+# ---------------------------------------------------------------------------- building the net
+
+
+@torch.no_grad()
+def load_float_weights(supernet: Supernet, path: str | Path) -> None:
+    """Copy a float backbone's weights (a state_dict with the same module names, e.g.
+    torchvision's ResNet-18 for ``resnet18``) into the supernet, each tensor into the leading
+    slice of the max-width one, then set every weight threshold from the new weights."""
+    state = load_checkpoint(path)
+    if isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    own = {k: v for k, v in supernet.net.state_dict().items()
+           if "_quant." not in k and k.rsplit(".", 1)[-1] in _FLOAT_KEYS}
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    if unknown or missing:
+        raise QsposError(f"{path} is not a float state_dict of this model: "
+                         f"missing {missing[:3]}, unknown {unknown[:3]}")
+    for key, value in state.items():
+        dst = own[key]
+        if value.dim() != dst.dim() or any(a > b for a, b in zip(value.shape, dst.shape)):
+            raise QsposError(f"{path}: {key} has shape {tuple(value.shape)}, the model's is {tuple(dst.shape)}")
+        dst[tuple(slice(n) for n in value.shape)].copy_(value)
+    for _, layer in supernet.layer_items():
+        layer.init_weight_thresholds()
+
+
+def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any, device: torch.device) -> nn.Module:
+    """The standalone Brevitas net of ``arch``, initialised as ``finetune.init`` says, with its
+    BatchNorm statistics recalibrated on ``calib`` (a loader of training images)."""
+    run = RunDir.of(cfg, run_dir)
+    init = cfg.finetune.init
+    if init == "supernet":
+        supernet = load_supernet(cfg, run.supernet).to(device)
+    else:  # fresh weights (or the float model's); thresholds from them and from the data
+        torch.manual_seed(cfg.seed)
+        supernet = build_supernet(cfg).to(device)
+        if init == "float":
+            load_float_weights(supernet, cfg.finetune.float_checkpoint)
+        init_act_thresholds(supernet, calib, device)
+    model = supernet.extract(arch)
+    if cfg.quant.backend != "reference":  # same values, fewer passes: the fused tensor_quant
+        set_fused_kernels(model)
+    recalibrate_bn(model, calib, device)
+    return model
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+def finetune(
+    cfg: Config,
+    run_dir: str | Path | RunDir | None = None,
+    arch: Arch | str | Path | None = None,
+    pick: int | None = None,
+    resume: bool = False,
+) -> list[FinetuneResult]:
+    """Fine-tune the chosen archs of a run (see :func:`finetune_targets`) into
+    ``run_dir/finetune/<name>/``. With ``resume``, finished nets are kept and a killed one goes on
+    from its checkpoint; without it, existing outputs are refused. Works under torchrun.
+    ``config.yaml`` is written once the first net's training is accepted (or, when every net is
+    already done, at the end)."""
+    run = RunDir.of(cfg, run_dir)
+    if isinstance(arch, (str, Path)):
+        arch = load_arch(arch)
+    reference = build_supernet(cfg)
+    targets = finetune_targets(cfg, run, reference.space, arch, pick)
+    if not resume:
+        claim_outputs(run, targets)
+    device = pick_device(cfg.finetune.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = init_distributed(device)
+    splits = load_splits(cfg.data, cfg.model)
+    costs = CostModel(reference, cfg.input_shape)
+    recorded = False
+
+    def record() -> None:
+        nonlocal recorded
+        if dist.main and not recorded:
+            run.record_config(cfg)
+        recorded = True
+
+    results = []
+    for target in targets:
+        net = run.net(target.name)
+        if not (resume and net.done):
+            _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record)
+        results.append(FinetuneResult.from_dict(json.loads(net.result.read_text())))
+    record()
+    return results
+
+
+def claim_outputs(run: RunDir, targets: list[Target]) -> None:
+    """Refuse to start over a net that was (or is being) fine-tuned: nothing is overwritten."""
+    for t in targets:
+        if run.net(t.name).started:
+            raise QsposError(f"{run.net(t.name).path} already holds a fine-tuned net: pass --resume to continue, "
+                             "or choose another --out")
+
+
+def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, costs: CostModel,
+                  device: torch.device, dist: Dist, resume: bool, on_ready: Any) -> None:
+    net = run.net(target.name)
+    d, f = cfg.data, cfg.finetune
+    calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size)
+    model = init_model(cfg, target.arch, run, calib, device)
+    val_before = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)[0]
+    if dist.main:
+        console.print(f"finetune {target.name}: arch {target.arch.digest()}, init {f.init}, "
+                      f"val top-1 before {percent(val_before)}")
+    supernet_fp = fingerprint(cfg, *SUPERNET_SECTIONS)
+    res = fit(
+        model, splits.train, f,
+        batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint,
+        fingerprint=f"{supernet_fp}-{target.arch.digest()}", resume=resume,
+        recipe={"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
+                "init": [f.init, f.float_checkpoint]},
+        metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
+        dist=dist, device=device, workers=d.workers, desc=f"finetune {target.name}",
+        on_ready=on_ready, progress_interval_s=cfg.log.interval_s,
+    )
+    if dist.main:
+        val1, val5 = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)
+        test1, test5 = split_accuracy(model, splits.test, d.eval_batch_size, d.workers, device)
+        cost = costs.metrics(target.arch)
+        result = FinetuneResult(
+            name=target.name, arch=target.arch, dir=net.path, init=f.init, search_val_top1=target.search_val_top1,
+            val_top1_before=val_before, val_top1=val1, val_top5=val5, test_top1=test1, test_top5=test5,
+            steps=res.steps, train_seconds=round(res.seconds, 1), **cost,
+        )
+        save_finetuned(net, model, target, supernet_fp)
+        write_json(net.result, result.to_dict())
+    dist.barrier()
+
+
+def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: str) -> None:
+    """``model.pt`` (state dict, arch, fingerprint: never a pickled module) and ``arch.yaml``."""
+    atomic_save({"model": model.state_dict(), "arch": target.arch.to_dict(), "fingerprint": supernet_fp,
+                 "name": target.name, "complete": True}, net.model)
+    save_arch(target.arch, net.arch)
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def results_table(results: list[FinetuneResult], title: str) -> Any:
+    rows = [[r.name, f"{r.bitops / 1e6:.2f}", f"{r.size_bits / 8 / 1024:.1f}", percent(r.search_val_top1),
+             percent(r.val_top1_before), percent(r.val_top1), percent(r.test_top1)] for r in results]
+    columns = ["name", "MBitOps", "KiB", "search val", "val before", "val top-1", "test top-1"]
+    return table(title, columns, rows)

@@ -1,0 +1,56 @@
+"""Pareto front of everything the search evaluated: validation top-1 against BitOps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from qspos.runtime.files import atomic_path
+from qspos.stages.search_results import ParetoPoint
+
+
+def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
+    """The points no other point beats on both val top-1 and BitOps, by BitOps."""
+    front: list[ParetoPoint] = []
+    for p in sorted(points, key=lambda p: (p.bitops, -p.val_top1, p.digest)):
+        if not front or p.val_top1 > front[-1].val_top1:
+            front.append(p)
+    return front
+
+
+def pareto_markdown(front: Sequence[ParetoPoint]) -> str:
+    """The front as a Markdown table (BitOps in G, weight size in KiB, top-1 in %)."""
+    lines = [
+        "| BitOps (G) | weights (KiB) | val top-1 (%) | arch |",
+        "|---:|---:|---:|---|",
+    ]
+    for p in front:
+        lines.append(f"| {p.bitops / 1e9:.4g} | {p.size_bits / 8 / 1024:.1f} | {100 * p.val_top1:.2f} | `{p.digest}` |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence[ParetoPoint],
+                marks: Sequence[tuple[str, float, float]] = ()) -> None:
+    """Scatter of every evaluated arch, the front as a step line, and labelled marks
+    (``(label, bitops, val_top1)``: each budget's best and uniform baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([p.bitops / 1e9 for p in points], [100 * p.val_top1 for p in points],
+               s=8, c="0.7", label=f"evaluated ({len(points)})")
+    ax.step([p.bitops / 1e9 for p in front], [100 * p.val_top1 for p in front],
+            where="post", c="tab:red", marker="o", ms=3, label="Pareto front")
+    for label, bitops, top1 in marks:
+        ax.scatter([bitops / 1e9], [100 * top1], marker="*" if "uniform" not in label else "x", s=60, zorder=3)
+        ax.annotate(label, (bitops / 1e9, 100 * top1), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("BitOps (G)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

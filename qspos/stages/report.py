@@ -1,0 +1,150 @@
+"""``report.md`` of a run: what the pipeline found, in tables a reader can check at a glance.
+
+Built only from the files the stages wrote (``metrics.jsonl``, ``search/results.json``,
+``finetune/*/result.json``, ``export/*/summary.json``), so it can be regenerated at any time.
+Per budget it sets the chosen arch against the uniform-precision net of the budget (and the
+best of the random search), with the Pareto plot of the search embedded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qspos.core.cost import CostModel
+from qspos.runtime.build import build_supernet
+from qspos.runtime.files import write_text
+from qspos.runtime.progress import read_metrics
+from qspos.runtime.rundir import RunDir
+from qspos.stages.search import choice_text
+from qspos.stages.search_results import SearchResult
+
+
+def write_report(run_dir: str | Path | RunDir) -> Path:
+    """(Re)write ``run_dir/report.md`` from the run's outputs; returns its path."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    write_text(run.report, render_report(run))
+    return run.report
+
+
+def render_report(run: RunDir) -> str:
+    cfg = run.read_config()
+    finetuned = _read_all(run.finetune_results())
+    exported = _read_all(run.export_summaries())
+    out = [f"# qspos report: {cfg.name}", "",
+           f"Model `{cfg.model.name}` {cfg.model.args or ''} on `{cfg.data.dataset}`; "
+           f"fine-tuning init `{cfg.finetune.init}`. Accuracies in %, BitOps in M, weights in KiB. "
+           "*val* is the split held out of the training data (the search's), *test* the test split.", ""]
+    out += _supernet_section(run.metrics)
+    budgets: set[str] = set()
+    if run.search_results.is_file():
+        search = SearchResult.load(run.search_results)
+        budgets = {b.name for b in search.budgets}
+        costs = CostModel(build_supernet(cfg), cfg.input_shape)
+        out += _budget_section(search, finetuned, costs)
+        out += _arch_section(search)
+        out += [f"## Search: Pareto front ({search.evaluations} archs evaluated)", "",
+                "![val top-1 against BitOps of every evaluated arch](search/pareto.png)", "",
+                "Table: [search/pareto.md](search/pareto.md).", ""]
+    extra = [r for name, r in finetuned.items() if name.removesuffix("-uniform") not in budgets]
+    if extra:
+        out += ["## Other fine-tuned nets", "", "| net | BitOps | weights | val before | val | test |",
+                "|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {r['name']} | {_m(r['bitops'])} | {_kib(r['size_bits'])} | {_p(r['val_top1_before'])} "
+                f"| {_p(r['val_top1'])} | {_p(r['test_top1'])} |" for r in extra]
+        out.append("")
+    if exported:
+        out += _export_section(exported)
+    return "\n".join(out)
+
+
+def _supernet_section(metrics: Path) -> list[str]:
+    rows = [r for r in read_metrics(metrics) if r.get("stage") == "train"]
+    vals = [r for r in rows if "val_top1_max" in r]
+    if not rows:
+        return []
+    last = [r for r in rows if "loss" in r]
+    lines = ["## Supernet", ""]
+    if last:
+        lines.append(f"- {last[-1]['step']} steps ({last[-1].get('epoch', '?')} epochs); last training loss "
+                     f"{last[-1]['loss']:.3f}, train top-1 {_p(last[-1]['top1'])} (sampled paths)")
+    if vals:
+        lines.append(f"- val top-1 after BN recalibration: largest path {_p(vals[-1]['val_top1_max'])}, "
+                     f"smallest path {_p(vals[-1]['val_top1_min'])}")
+    return lines + [""]
+
+
+def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: CostModel) -> list[str]:
+    lines = ["## Per budget: searched arch against the uniform-precision net", "",
+             "Supernet val: the supernet's weights after BN recalibration (what the search scored). "
+             "Fine-tuned: after quantization-aware training of the standalone net.", "",
+             "| budget | net | BitOps | weights | supernet val | fine-tuned val | fine-tuned test |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for b in search.budgets:
+        best, ft = b.best[0], finetuned.get(b.name, {})
+        lines.append(f"| {b.name} | searched `{best.digest}` | {_m(best.bitops)} | {_kib(best.size_bits)} "
+                     f"| {_p(best.val_top1)} | {_p(ft.get('val_top1'))} | {_p(ft.get('test_top1'))} |")
+        u = b.uniform
+        if u:
+            uft = finetuned.get(f"{b.name}-uniform", {})
+            size = _kib(costs.uniform(u.w_bits, u.a_bits).size_bits)
+            note = "" if u.in_domain else " (outside the space)"
+            lines.append(f"| {b.name} | uniform W{u.w_bits}A{u.a_bits}{note} | {_m(u.bitops)} | {size} "
+                         f"| {_p(u.val_top1)} | {_p(uft.get('val_top1'))} | {_p(uft.get('test_top1'))} |")
+        r = b.random_best
+        if r:
+            lines.append(f"| {b.name} | random search best `{r.digest}` | {_m(r.bitops)} "
+                         f"| {_kib(r.size_bits)} | {_p(r.val_top1)} | - | - |")
+    return lines + [""]
+
+
+def _arch_section(search: SearchResult) -> list[str]:
+    archs = [(b.name, b.best[0].arch) for b in search.budgets]
+    if not archs:
+        return []
+    names = list(archs[0][1])
+    lines = ["## Chosen archs (weight bits, activation bits, width multiplier)", "",
+             "| choice point | " + " | ".join(n for n, _ in archs) + " |",
+             "|---|" + "---|" * len(archs)]
+    for point in names:
+        cells = []
+        for _, arch in archs:
+            cells.append(choice_text(arch[point].to_dict()).replace(" x", " ×"))
+        lines.append(f"| {point} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _export_section(exported: dict[str, dict]) -> list[str]:
+    lines = ["## Exports", "",
+             "QCDQ ONNX run in onnxruntime against PyTorch (max |logit difference| on a batch, test top-1); "
+             "packed weights against the cost model's size.", "",
+             "| net | files | max abs logit diff | PyTorch test | onnxruntime test | packed bytes | size_bits/8 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, s in exported.items():
+        diff = s.get("max_abs_logit_diff")
+        lines.append(f"| {name} | {', '.join(s['files'].values())} | {'-' if diff is None else f'{diff:.3g}'} "
+                     f"| {_p(s.get('torch_test_top1'))} | {_p(s.get('onnx_test_top1'))} "
+                     f"| {s.get('packed_bytes') or '-'} | {_num(s.get('theoretical_bytes'))} |")
+    skipped = [f"- {name}: {fmt} skipped: {why}" for name, s in exported.items() for fmt, why in s["skipped"].items()]
+    return lines + [""] + (skipped + [""] if skipped else [])
+
+
+def _read_all(files: list[Path]) -> dict[str, dict]:
+    """Each JSON file by the name of its folder (a net's name)."""
+    return {p.parent.name: json.loads(p.read_text()) for p in files}
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _m(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f}"
+
+
+def _kib(bits: float | None) -> str:
+    return "-" if bits is None else f"{bits / 8 / 1024:.1f}"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"

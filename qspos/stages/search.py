@@ -1,0 +1,301 @@
+"""``qspos search``: evolutionary search of a trained supernet under one or more budgets.
+
+Every budget gets its own evolution (and, as a baseline, a random search with as many
+evaluations); all share one evaluation cache, since a candidate's accuracy does not depend on the
+budget it was bred under. The state is saved after every generation, so ``--resume`` continues a
+killed search to the same result. Outputs go to ``RUN_DIR/search/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qspos.core.arch import Arch
+from qspos.core.budget import Budget, parse_budgets
+from qspos.core.cost import CostModel
+from qspos.core.evolution import Accept, breed, random_archs, ranked
+from qspos.core.metrics import ArchMetrics
+from qspos.errors import QsposError
+from qspos.runtime.build import load_supernet
+from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_state, set_python_rng_state
+from qspos.runtime.config import Config
+from qspos.runtime.data import load_splits
+from qspos.runtime.distributed import init_distributed, pick_device
+from qspos.runtime.evaluate import CandidateEvaluator, fixed_batches
+from qspos.runtime.files import write_json, write_text
+from qspos.runtime.progress import console, progress_bar, table
+from qspos.runtime.rundir import RunDir, fingerprint
+from qspos.stages.latency import load_latency_table
+from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
+from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
+
+STATE_VERSION = 1
+
+
+def state_fingerprint(cfg: Config) -> str:
+    """What a saved search depends on: the supernet, the data split, the search settings
+    (not the device or loader workers, which change no result)."""
+    same = dataclasses.replace(
+        cfg,
+        search=dataclasses.replace(cfg.search, device="auto"),
+        data=dataclasses.replace(cfg.data, workers=0, download=False),
+    )
+    return fingerprint(same, "model", "space", "quant", "data", "search")
+
+
+class _Search:
+    """One search run: the shared cache, per-budget evolution state, and the outputs."""
+
+    def __init__(self, cfg: Config, run: RunDir, resume: bool):
+        self.cfg, self.scfg, self.run = cfg, cfg.search, run
+        self.state_path = run.search_state
+        self.device = pick_device(self.scfg.device)
+        self.dist = init_distributed(self.device)
+        self.main = self.dist.main
+
+        ckpt = run.supernet
+        if not ckpt.is_file():
+            raise QsposError(f"no trained supernet at {ckpt}: run 'qspos train' first (or pass --out)")
+        if not resume and self.state_path.is_file():
+            raise QsposError(
+                f"{self.state_path} holds an earlier search: pass --resume to continue it, or use another --out"
+            )
+        supernet = load_supernet(cfg, ckpt).to(self.device)
+        self.space = supernet.space
+        self.cost_model = CostModel(supernet, cfg.input_shape)
+        latency = load_latency_table(self.scfg.latency_table) if self.scfg.latency_table else None
+        self.metrics = ArchMetrics(self.cost_model, latency)
+        if not self.scfg.budgets:
+            raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
+        self.budgets = parse_budgets(self.scfg.budgets, self.metrics)
+        self.state = self._load_state() if resume and self.state_path.is_file() else self._new_state()
+
+        splits = load_splits(cfg.data, cfg.model)
+        if len(splits.val) == 0:
+            raise QsposError("data.val_size is 0: the search needs images held out of the training split")
+        bs, workers = cfg.data.eval_batch_size, cfg.data.workers
+        self.evaluator = CandidateEvaluator(
+            supernet,
+            fixed_batches(splits.calib, self.scfg.calib_images, bs, workers),
+            fixed_batches(splits.val, self.scfg.val_images, bs, workers),
+            self.device,
+            self.dist,
+            cache=self.state["cache"],
+        )
+        if self.main:
+            run.record_config(cfg)
+        self.log = run.metrics_log(cfg, "search", enabled=self.main)
+        self._bitops: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def _new_state(self) -> dict:
+        return {"version": STATE_VERSION, "fingerprint": state_fingerprint(self.cfg),
+                "cache": {}, "archs": {}, "budgets": {}}
+
+    def _load_state(self) -> dict:
+        state = load_checkpoint(self.state_path)
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != state_fingerprint(self.cfg):
+            raise QsposError(
+                f"{self.state_path} was saved by a search with another config (model, space, data or "
+                "search settings); rerun without --resume into another --out"
+            )
+        return state
+
+    def _save(self) -> None:
+        if self.main:
+            atomic_save(self.state, self.state_path)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, archs: Sequence[Arch]) -> list[float]:
+        for a in archs:
+            self.state["archs"].setdefault(a.digest(), a.to_dict())
+        return self.evaluator(archs)
+
+    def bitops(self, digest: str) -> float:
+        if digest not in self._bitops:
+            arch = Arch.from_dict(self.state["archs"][digest])
+            self._bitops[digest] = self.metrics(arch)["bitops"]
+        return self._bitops[digest]
+
+    def ranked(self, digests: Sequence[str]) -> list[str]:
+        return ranked(digests, self.state["cache"], {d: self.bitops(d) for d in set(digests)})
+
+    def accept_fn(self, budget: Budget) -> Accept:
+        return lambda arch: budget.accepts(self.metrics(arch))
+
+    # ------------------------------------------------------------------ one budget
+
+    def evolve(self, budget: Budget, bar, task) -> None:
+        """The evolution under ``budget``, continuing from its saved state."""
+        bs = self.state["budgets"].setdefault(budget.name, {})
+        accept = self.accept_fn(budget)
+        rng = random.Random(f"{self.scfg.seed}:evolution:{budget.name}")
+        if "rng" not in bs:
+            population = random_archs(self.space, rng, accept, set(), self.scfg.population, self.scfg.max_tries)
+            if not population:
+                raise QsposError(
+                    f"budget {budget.name}: no arch in {self.scfg.max_tries} uniform samples meets all its "
+                    "limits together; loosen the budget or raise search.max_tries"
+                )
+            bs.update(generation=0, population=[a.to_dict() for a in population], evaluated=[],
+                      rng=python_rng_state(rng), random=None)
+        set_python_rng_state(rng, bs["rng"])
+        bar.update(task, completed=bs["generation"], info=self._info(bs["evaluated"]))
+        while bs["generation"] < self.scfg.iterations and bs["population"]:
+            population = [Arch.from_dict(d) for d in bs["population"]]
+            scores = self.evaluate(population)
+            bs["evaluated"].extend(a.digest() for a in population)
+            bs["generation"] += 1
+            top = self.ranked(bs["evaluated"])
+            if bs["generation"] < self.scfg.iterations:
+                parents = [Arch.from_dict(self.state["archs"][d]) for d in top[: self.scfg.topk]]
+                children = breed(self.space, parents, rng, accept, set(bs["evaluated"]), self.scfg)
+                bs["population"] = [a.to_dict() for a in children]
+            else:
+                bs["population"] = []
+            bs["rng"] = python_rng_state(rng)
+            self._save()
+            best = self.state["cache"][top[0]]
+            self.log.write(budget=budget.name, phase="evolution", generation=bs["generation"],
+                           best_val_top1=best, mean_val_top1=sum(scores) / len(scores),
+                           candidates=len(bs["evaluated"]), evaluations=len(self.state["cache"]))
+            bar.update(task, completed=bs["generation"], info=self._info(bs["evaluated"]))
+
+    def random_search(self, budget: Budget, bar, task) -> None:
+        """Random archs in ``budget``, as many as the evolution evaluated (the baseline)."""
+        bs = self.state["budgets"][budget.name]
+        if bs["random"] is None:
+            rng = random.Random(f"{self.scfg.seed}:random:{budget.name}")
+            archs = random_archs(self.space, rng, self.accept_fn(budget), set(), len(bs["evaluated"]),
+                                 self.scfg.max_tries)
+            for a in archs:
+                self.state["archs"].setdefault(a.digest(), a.to_dict())
+            bs["random"] = [a.digest() for a in archs]
+            self._save()
+        digests = bs["random"]
+        step = self.scfg.population
+        bar.update(task, total=max(1, -(-len(digests) // step)))
+        for i in range(0, len(digests), step):
+            chunk = [Arch.from_dict(self.state["archs"][d]) for d in digests[i : i + step]]
+            fresh = any(a.digest() not in self.state["cache"] for a in chunk)
+            self.evaluate(chunk)
+            if fresh:
+                self._save()
+                self.log.write(budget=budget.name, phase="random", candidates=i + len(chunk),
+                               best_val_top1=self.state["cache"][self.ranked(digests[: i + len(chunk)])[0]],
+                               evaluations=len(self.state["cache"]))
+            bar.update(task, advance=1, info=self._info(digests[: i + len(chunk)]))
+
+    def uniform_baseline(self, budget: Budget) -> UniformBaseline | None:
+        """The uniform arch a "uniform W,A" bound refers to, evaluated when it is in the domain."""
+        if budget.uniform is None:
+            return None
+        w, a = budget.uniform
+        arch = self.space.uniform(w, a)
+        in_domain = all(p.contains(arch[p.name]) for p in self.space.points)
+        top1 = self.evaluate([arch])[0] if in_domain else None
+        return UniformBaseline(w, a, in_domain, top1, self.metrics(arch)["bitops"])
+
+    def _info(self, digests: Sequence[str]) -> str:
+        if not digests:
+            return ""
+        best = max(self.state["cache"][d] for d in digests)
+        return f"best {100 * best:.2f}%  candidates {len(set(digests))}  evaluated {len(self.state['cache'])}"
+
+    # ------------------------------------------------------------------ results
+
+    def candidate(self, digest: str) -> Candidate:
+        arch = Arch.from_dict(self.state["archs"][digest])
+        cost = self.cost_model.cost(arch)
+        return Candidate(arch, self.state["cache"][digest], cost.macs, cost.bitops, cost.searched_bitops,
+                         cost.size_bits, cost.to_dict()["layers"])
+
+    def result(self, uniforms: dict[str, UniformBaseline | None]) -> tuple[SearchResult, list[ParetoPoint]]:
+        budgets = []
+        for b in self.budgets:
+            bs = self.state["budgets"][b.name]
+            rand = bs["random"] or []
+            budgets.append(BudgetResult(
+                name=b.name,
+                limits={m: list(v) for m, v in b.limits.items()},
+                spec=b.spec,
+                best=[self.candidate(d) for d in self.ranked(bs["evaluated"])[: self.scfg.topk]],
+                uniform=uniforms[b.name],
+                random_best=self.candidate(self.ranked(rand)[0]) if rand else None,
+            ))
+        points = [
+            ParetoPoint(arch, top1, self.bitops(d), self.metrics(arch)["size_bits"])
+            for d, top1 in self.state["cache"].items()
+            for arch in [Arch.from_dict(self.state["archs"][d])]
+        ]
+        return SearchResult(budgets, pareto_front(points), len(self.state["cache"])), points
+
+    def write(self, result: SearchResult, points: list[ParetoPoint]) -> None:
+        write_json(self.run.search_results, result.to_dict())
+        write_text(self.run.pareto_md, pareto_markdown(result.pareto))
+        marks = []
+        for b in result.budgets:
+            if b.best:
+                marks.append((f"{b.name} best", b.best[0].bitops, b.best[0].val_top1))
+            u = b.uniform
+            if u and u.val_top1 is not None:
+                marks.append((f"uniform W{u.w_bits}A{u.a_bits}", u.bitops, u.val_top1))
+        pareto_plot(self.run.pareto_png, points, result.pareto, marks)
+
+
+def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> SearchResult:
+    """Search ``run_dir/supernet.pt`` under every budget of ``cfg.search``; write ``run_dir/search/``.
+
+    With ``resume``, an interrupted search continues from ``search/state.pt`` and ends with the
+    same result as an uninterrupted one.
+    """
+    s = _Search(cfg, RunDir.of(cfg, run_dir), resume)
+    uniforms: dict[str, UniformBaseline | None] = {}
+    with progress_bar(enabled=s.main, interval_s=cfg.log.interval_s) as bar:
+        for b in s.budgets:
+            task = bar.add_task(f"evolution {b.name}", total=s.scfg.iterations, info="")
+            s.evolve(b, bar, task)
+            if s.scfg.random_baseline:
+                s.random_search(b, bar, bar.add_task(f"random {b.name}", total=1, info=""))
+            uniforms[b.name] = s.uniform_baseline(b)
+    s._save()
+    result, points = s.result(uniforms)
+    if s.main:
+        s.write(result, points)
+        for b in result.budgets:
+            s.log.write(budget=b.name, phase="done", best_val_top1=b.best[0].val_top1, best_bitops=b.best[0].bitops,
+                        uniform_val_top1=b.uniform.val_top1 if b.uniform else None,
+                        random_val_top1=b.random_best.val_top1 if b.random_best else None,
+                        evaluations=result.evaluations)
+        console.print(chosen_table(result, s.space.names))
+        console.print(f"search: {result.evaluations} archs evaluated; results in {s.run.search}")
+    s.dist.barrier()
+    return result
+
+
+def chosen_table(result: SearchResult, names: Sequence[str]) -> Any:
+    """Rich table: the best arch of each budget, per choice point, then its scores."""
+    best = [b.best[0] for b in result.budgets]
+    rows: list[list[Any]] = [[name] + [choice_text(e.arch[name].to_dict()) for e in best] for name in names]
+    rows.append(["val top-1 %"] + [round(100 * e.val_top1, 2) for e in best])
+    rows.append(["uniform top-1 %"] + [
+        round(100 * b.uniform.val_top1, 2) if b.uniform and b.uniform.val_top1 is not None else None
+        for b in result.budgets
+    ])
+    rows.append(["random best %"] + [round(100 * b.random_best.val_top1, 2) if b.random_best else None
+                                     for b in result.budgets])
+    rows.append(["BitOps (G)"] + [round(e.bitops / 1e9, 4) for e in best])
+    rows.append(["weights (KiB)"] + [round(e.size_bits / 8 / 1024, 1) for e in best])
+    return table("chosen archs (W bits, A bits, width)", ["layer"] + [b.name for b in result.budgets], rows)
+
+
+def choice_text(c: dict) -> str:
+    """``W2A4 x0.5``: a choice as tables show it."""
+    width = c.get("width")
+    return f"W{c['w_bits']}A{c['a_bits']}" + (f" x{width:g}" if width is not None else "")

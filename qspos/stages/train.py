@@ -1,0 +1,87 @@
+"""Supernet training (``qspos train``): one uniformly sampled single path per step.
+
+Every rank samples the same path from a shared seed; with ``train.sampling: budget`` the path is
+uniform among the archs inside ``train.sampling_budget`` (the paper's constraint-aware variant;
+the entry has the form of a ``search.budgets`` entry, e.g. ``{bitops: {min: "uniform 2,2",
+max: "uniform 3,3"}}``). Only the used part of each parameter is updated in a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from qspos.core.calibrate import init_act_thresholds
+from qspos.core.supernet import Supernet
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import Config
+from qspos.runtime.data import calibration_loader, load_splits, make_loader
+from qspos.runtime.distributed import init_distributed, pick_device
+from qspos.runtime.evaluate import CandidateEvaluator
+from qspos.runtime.optim import ActiveParts
+from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
+from qspos.runtime.sampler import make_sampler
+from qspos.runtime.trainer import FitResult, claim_checkpoint, fit
+
+
+@dataclass
+class TrainResult:
+    fit: FitResult  # steps, epochs, training loss/top-1, img/s, time, checkpoint path
+    val_top1_max: float | None  # held-out val top-1 of the largest path after BN recalibration
+    val_top1_min: float | None  # ... and of the smallest path (None without a val split)
+    supernet: Supernet  # the trained supernet (on the main rank, BN recalibrated for the smallest path)
+
+
+def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> TrainResult:
+    """Train the supernet of ``cfg`` into ``run_dir/supernet.pt`` (default ``cfg.run_dir``).
+
+    Works under torchrun (DDP). Ends with the val top-1 of the largest and smallest path.
+    ``config.yaml`` is written once the data, the sampling budget and any checkpoint to resume
+    are accepted.
+    """
+    run = RunDir.of(cfg, run_dir)
+    path = claim_checkpoint(run.supernet, resume)
+    device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.data, cfg.model)
+    supernet = build_supernet(cfg).to(device)
+    sampler = make_sampler(cfg, supernet)
+    if not path.exists() and cfg.train.threshold_init_batches > 0:
+        n = cfg.train.threshold_init_batches * cfg.data.batch_size
+        init_act_thresholds(supernet, make_loader(Subset(splits.calib, range(min(n, len(splits.calib)))),
+                                                  cfg.data.batch_size, shuffle=False), device)
+
+    def before_step(step: int) -> ActiveParts:
+        supernet.set_arch(sampler())
+        return supernet.active_slices()
+
+    d = cfg.data
+    metrics = run.metrics_log(cfg, "train", enabled=dist.main)
+    result = fit(
+        supernet, splits.train, cfg.train,
+        batch_size=d.batch_size, seed=cfg.seed, checkpoint=path,
+        fingerprint=fingerprint(cfg, *SUPERNET_SECTIONS), resume=resume,
+        recipe={"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
+                "sampling": [cfg.train.sampling, cfg.train.sampling_budget, cfg.train.threshold_init_batches]},
+        before_step=before_step, state={"sampler": sampler}, metrics=metrics,
+        dist=dist, device=device, workers=d.workers, desc="supernet",
+        on_ready=(lambda: run.record_config(cfg)) if dist.main else None, progress_interval_s=cfg.log.interval_s,
+    )
+    top_max = top_min = None
+    if dist.main and len(splits.val):
+        calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size)
+        val = splits.val if cfg.search.val_images is None else Subset(
+            splits.val, range(min(cfg.search.val_images, len(splits.val))))
+        evaluator = CandidateEvaluator(supernet, calib, make_loader(val, d.eval_batch_size, shuffle=False,
+                                                                    workers=d.workers), device)
+        smallest, largest = supernet.space.extremes()
+        top_max, top_min = evaluator.evaluate(largest), evaluator.evaluate(smallest)
+        metrics.write(step=result.steps, val_top1_max=round(top_max, 5), val_top1_min=round(top_min, 5))
+    dist.barrier()
+    return TrainResult(result, top_max, top_min, supernet)

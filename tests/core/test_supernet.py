@@ -1,0 +1,174 @@
+import random
+
+import pytest
+import torch
+from brevitas.nn import QuantConv2d, QuantLinear
+from torch import nn
+
+from qspos.core.arch import Choice
+from qspos.core.layers import BitChoiceQuantizer, SearchableConv2d, SearchableLayer, SearchableLinear, SlicedBatchNorm2d
+from qspos.core.supernet import Supernet
+from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.checkpoint import atomic_save
+from qspos.runtime.config import load_config
+from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
+
+RESNET18_32 = {
+    "model": {"name": "resnet18", "num_classes": 10, "in_channels": 3, "input_size": 32},
+    "space": {"pairs": [[1, 2], [2, 2], [1, 4], [2, 4], [3, 4], [4, 4]], "width_multipliers": [0.5, 1.0, 1.5]},
+}
+SMALL_LAYER_TIE = {
+    "model": {"name": "resnet_small", "num_classes": 10, "in_channels": 1, "input_size": 16,
+              "args": {"depth": 8, "widths": [8, 16, 32]}},
+    "space": {"weight_bits": [1, 2, 3, 8], "act_bits": [1, 2, 4], "width_multipliers": [0.25, 0.5, 1.0, 1.5],
+              "tie": "layer"},
+}
+DYNAMIC = (SearchableLayer, SlicedBatchNorm2d, BitChoiceQuantizer)
+
+
+@pytest.mark.parametrize("config, n_archs", [
+    (RESNET18_32, 3),
+    ("small", 4),
+    (SMALL_LAYER_TIE, 4),
+], ids=["resnet18-block", "resnet_small-block", "resnet_small-layer"])
+def test_extract_computes_exactly_the_supernet_path(config, n_archs, small_cfg, perturb):
+    cfg = small_cfg if config == "small" else load_config(config)
+    torch.manual_seed(0)
+    supernet = perturb(build_supernet(cfg)).eval()
+    x = torch.randn(4, *cfg.input_shape)
+    rng = random.Random(0)
+    archs = [*supernet.space.extremes(), *(supernet.space.sample(rng) for _ in range(n_archs - 2))]
+    for arch in archs:
+        net = supernet.extract(arch).eval()
+        with torch.no_grad():
+            supernet.set_arch(arch)
+            expected = supernet(x)
+            got = net(x)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        assert not any(isinstance(m, DYNAMIC) for m in net.modules())
+        layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert all(type(m) in (QuantConv2d, QuantLinear) for m in layers)
+        assert len(layers) == len(list(supernet.layer_items()))
+
+
+def test_extract_is_independent_of_the_supernet(small_cfg, perturb):
+    supernet = perturb(build_supernet(small_cfg)).eval()
+    arch = supernet.space.sample(random.Random(3))
+    net = supernet.extract(arch).eval()
+    x = torch.randn(2, *small_cfg.input_shape)
+    with torch.no_grad():
+        before = net(x)
+        for p in supernet.parameters():
+            p.add_(1.0)
+        supernet.set_arch(supernet.space.extremes()[0])
+        torch.testing.assert_close(net(x), before, rtol=0, atol=0)
+
+
+def test_extracted_channels_follow_the_width_choice(small_cfg):
+    supernet = build_supernet(small_cfg)
+    lo, hi = supernet.space.extremes()
+    arch = hi.replace(**{"layer2.0": Choice(2, 4, 0.5)})
+    net = supernet.extract(arch)
+    block = net.layer2[0]
+    assert block.conv1.out_channels == 8 and block.bn1.num_features == 8 and block.conv2.in_channels == 8
+    assert block.conv2.out_channels == 16  # the residual shape never changes
+    assert net.layer1[0].conv1.out_channels == 8  # width 1.0 of 8 planes
+
+
+def test_block_tie_gives_the_shortcut_the_block_bits(small_cfg):
+    """DESIGN: bits tied in a block apply to all its convs, the shortcut's included."""
+    supernet = build_supernet(small_cfg)
+    assert supernet.space.names == ["layer1.0", "layer2.0", "layer3.0"]
+    block = supernet.net.layer2[0]
+    assert supernet.bindings["layer2.0"].layers == [block.conv1, block.conv2, block.downsample[0]]
+    arch = supernet.space.extremes()[1].replace(**{"layer2.0": Choice(2, 4, 0.5)})
+    supernet.set_arch(arch)
+    assert block.conv1.active == (8, 8, 2, 4)
+    assert block.conv2.active == (8, 16, 2, 4)
+    assert block.downsample[0].active == (8, 16, 2, 4)
+    assert int(block.bn1.num_active) == 8
+    assert supernet.net.conv1.active[2:] == (8, 8) and supernet.net.fc.active[2:] == (8, 8)  # fixed
+
+
+def test_layer_tie_makes_one_choice_point_per_layer():
+    supernet = build_supernet(load_config(SMALL_LAYER_TIE))
+    space = supernet.space
+    assert space.names == [
+        "layer1.0.conv1", "layer1.0.conv2",
+        "layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0",
+        "layer3.0.conv1", "layer3.0.conv2", "layer3.0.downsample.0",
+    ]
+    assert space["layer1.0.conv1"].widths == (0.25, 0.5, 1.0, 1.5)  # the width goes with conv1
+    assert space["layer1.0.conv2"].widths is None and space["layer2.0.downsample.0"].widths is None
+    pairs, widths = 4 * 3, 4
+    assert space.size == (pairs * widths * pairs) * (pairs * widths * pairs * pairs) ** 2
+    block = supernet.net.layer2[0]
+    arch = space.extremes()[1].replace(**{
+        "layer2.0.conv1": Choice(1, 2, 0.25), "layer2.0.downsample.0": Choice(3, 1)})
+    supernet.set_arch(arch)
+    assert block.conv1.active == (8, 4, 1, 2)
+    assert block.conv2.active == (4, 16, 8, 4)
+    assert block.downsample[0].active == (8, 16, 3, 1)
+
+
+def test_set_arch_rejects_archs_outside_the_space(small_cfg):
+    supernet = build_supernet(small_cfg)
+    hi = supernet.space.extremes()[1]
+    with pytest.raises(QsposError, match="not in its domain"):
+        supernet.set_arch(hi.replace(**{"layer1.0": Choice(3, 3, 1.0)}))
+    with pytest.raises(QsposError, match="missing"):
+        supernet.set_arch(hi.replace(**{"layer9.0": Choice(2, 2, 1.0)}))
+
+
+def test_supernet_runs_every_path_in_training_mode(small_cfg):
+    supernet = build_supernet(small_cfg).train()
+    rng = random.Random(0)
+    x = torch.randn(4, *small_cfg.input_shape)
+    for _ in range(3):
+        supernet.set_arch(supernet.space.sample(rng))
+        supernet(x).sum().backward()
+    assert all(p.grad is not None for p in supernet.parameters())
+
+
+class _Stray(nn.Module):
+    """A backbone with a searchable layer that is neither in a block nor fixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.mid, self.last = SearchableConv2d(1, 4, 3), SearchableConv2d(4, 4, 3), SearchableLinear(4, 2)
+
+    def search_blocks(self):
+        return []
+
+    def fixed_layers(self):
+        return {"first": self.first, "last": self.last}
+
+
+def test_a_layer_in_no_block_is_an_error(small_cfg):
+    with pytest.raises(QsposError, match=r"in no block and not fixed: \['mid'\]"):
+        Supernet(_Stray(), small_cfg.space)
+
+
+def _checkpoint(cfg, supernet, **extra):
+    return {"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS), **extra}
+
+
+def test_load_supernet_round_trip_and_refusals(small_cfg, tmp_path, perturb):
+    supernet = perturb(build_supernet(small_cfg))
+    path = tmp_path / "supernet.pt"
+    atomic_save(_checkpoint(small_cfg, supernet, complete=True), path)
+    loaded = load_supernet(small_cfg, path)
+    for (k, a), b in zip(supernet.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+    atomic_save(_checkpoint(small_cfg, supernet, complete=False), path)
+    with pytest.raises(QsposError, match="unfinished"):
+        load_supernet(small_cfg, path)
+    assert isinstance(load_supernet(small_cfg, path, require_complete=False), Supernet)
+
+    other = load_config(small_cfg, ["space.width_multipliers=[0.5,1.0,1.5]"])
+    with pytest.raises(QsposError, match="another model/space"):
+        load_supernet(other, path, require_complete=False)
+    with pytest.raises(QsposError, match="not found"):
+        load_supernet(small_cfg, tmp_path / "missing.pt")

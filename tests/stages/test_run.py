@@ -1,0 +1,73 @@
+"""``qspos run``: the whole pipeline end to end in a subprocess, refusal to overwrite, and resume
+after a kill that lands once the search is done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from qspos.cli import main
+from tests.search_helpers import tiny_config
+
+
+def _config(tmp_path: Path) -> Path:
+    """Tiny ResNet-8 on synthetic 12x12 images: every stage takes about a second."""
+    cfg = tiny_config(population=6, iterations=1, mutation_count=3, crossover_count=3)
+    cfg["space"]["weight_bits"] = [1, 2, 4]
+    cfg.update(train={"epochs": 1, "warmup_epochs": 0, "lr": 0.05}, finetune={"epochs": 1})
+    cfg["data"]["batch_size"] = 16
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _qspos(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "qspos", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_run_goes_end_to_end_and_refuses_to_overwrite(tmp_path):
+    cfg, out = _config(tmp_path), tmp_path / "run"
+    proc = _qspos("run", str(cfg), "--out", str(out))
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    net = out / "finetune" / "w3a3"
+    result = json.loads((net / "result.json").read_text())
+    assert 0 <= result["test_top1"] <= 1 and result["search_val_top1"] is not None
+    summary = json.loads((out / "export" / "w3a3" / "summary.json").read_text())
+    assert summary["packed_bytes"] > 0 and "qonnx" in summary["files"]
+    report = (out / "report.md").read_text()
+    assert "![" in report and "search/pareto.png" in report and (out / "search" / "pareto.png").is_file()
+    assert "| w3a3 | searched" in report and "| w3a3 | uniform W3A3" in report
+
+    stamp = (out / "report.md").stat().st_mtime_ns
+    assert main(["run", str(cfg), "--out", str(out)]) == 2  # nothing is overwritten
+    assert (out / "report.md").stat().st_mtime_ns == stamp
+
+
+def test_a_run_killed_after_the_search_resumes_without_retraining(tmp_path, capsys):
+    cfg, out = _config(tmp_path), tmp_path / "run"
+    proc = _qspos("run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]")
+    deadline = time.monotonic() + 300
+    while not (out / "search" / "pareto.png").is_file():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.md").exists()
+    stamps = {p: (out / p).stat().st_mtime_ns for p in ("supernet.pt", "search/results.json")}
+
+    assert main(["run", str(cfg), "--out", str(out), "--resume", "--set", "export.formats=[packed]"]) == 0
+    log = capsys.readouterr().err
+    assert "train: already done" in log and "search: already done" in log
+    assert stamps == {p: (out / p).stat().st_mtime_ns for p in stamps}
+    assert (out / "finetune" / "w3a3" / "model.pt").is_file() and (out / "report.md").is_file()

@@ -1,0 +1,208 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qspos.cli import main
+from qspos.core.budget import parse_budgets
+from qspos.core.calibrate import init_act_thresholds, mse_threshold
+from qspos.core.cost import CostModel
+from qspos.core.metrics import ArchMetrics
+from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.config import load_config
+from qspos.runtime.data import load_splits, make_loader
+from qspos.runtime.sampler import PathSampler, make_sampler
+from qspos.runtime.trainer import fit
+from qspos.stages.train import train_supernet
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "model": {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 8,
+              "args": {"depth": 8, "widths": [4, 8, 8]}},
+    "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
+    "data": {"dataset": "synthetic", "synthetic_size": 256, "val_size": 32, "batch_size": 16,
+             "eval_batch_size": 64},
+    "train": {"epochs": 6, "lr": 0.1, "warmup_epochs": 0.5, "log_every": 5, "checkpoint_every": 10,
+              "threshold_init_batches": 2},
+    "search": {"calib_images": 64},
+}
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as conftest.py does in-process
+
+
+def _cfg(*overrides):
+    return load_config(TINY, list(overrides))
+
+
+def _config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_one_step_changes_only_the_active_path(tmp_path):
+    cfg = _cfg("train.max_steps=1", "train.threshold_init_batches=0")
+    torch.manual_seed(cfg.seed)
+    before = build_supernet(cfg)
+    arch = PathSampler(before.space, cfg.seed)()  # the path of step 0
+    assert any(c.width == 0.5 for c in arch.values()) and any(c.w_bits == 2 for c in arch.values())
+    before.set_arch(arch)
+    parts = before.active_slices()
+    train_supernet(cfg, tmp_path)
+    after = torch.load(tmp_path / "supernet.pt", weights_only=True)["model"]
+    some_inactive = False
+    for name, p in before.named_parameters():
+        used = torch.zeros_like(p, dtype=torch.bool)
+        used[parts.get(p, (...,))] = True
+        moved = after[name] != p.detach()
+        assert not (moved & ~used).any(), f"{name} changed outside the active path"
+        some_inactive |= bool((~used).any())
+        if name.endswith("conv1.weight") or name.endswith("fc.weight"):
+            assert moved[used].any(), f"{name} did not train"
+    assert some_inactive
+
+
+def test_activation_thresholds_of_every_bit_width_are_initialised():
+    cfg = _cfg()
+    supernet = build_supernet(cfg)
+    buffers = {n: b.clone() for n, b in supernet.named_buffers()}
+    loader = make_loader(load_splits(cfg.data, cfg.model).calib, 32, shuffle=False)
+    init_act_thresholds(supernet, [next(iter(loader))], torch.device("cpu"))
+    for name, layer in supernet.layer_items():
+        t = layer.input_quant.threshold.detach()[:, 0]
+        assert (t != 1.0).all() and (t > 0).all(), name
+        if len(t) > 1:  # more bits: less clipping pays off
+            assert t[0] <= t[-1], name
+    for n, b in supernet.named_buffers():
+        assert torch.equal(b, buffers[n]), f"{n} was not restored"
+
+
+def test_the_same_loop_fine_tunes_an_extracted_brevitas_net(tmp_path):
+    cfg = _cfg("train.max_steps=3")
+    supernet = build_supernet(cfg)
+    net = supernet.extract(supernet.space.extremes()[0])
+    res = fit(net, load_splits(cfg.data, cfg.model).train, cfg.train, batch_size=16, seed=0,
+              checkpoint=tmp_path / "ft.pt", fingerprint="static")
+    assert res.steps == 3 and res.loss == res.loss  # not NaN
+    assert torch.load(tmp_path / "ft.pt", weights_only=True)["complete"]
+
+
+def test_mse_threshold_clips_less_with_more_bits():
+    x = torch.randn(50_000).abs()
+    t2, t8 = mse_threshold(x, 2, False, False), mse_threshold(x, 8, False, False)
+    assert t2 < t8 <= float(x.max())
+
+
+def test_budget_sampling_stays_inside_the_budget():
+    cfg = _cfg("train.sampling=budget", "train.sampling_budget={bitops: {min: 'uniform 2,2', max: 'uniform 2,4'}}")
+    supernet = build_supernet(cfg)
+    sampler = make_sampler(cfg, supernet)
+    metrics = ArchMetrics(CostModel(supernet, cfg.input_shape))
+    (budget,) = parse_budgets([cfg.train.sampling_budget], metrics)
+    archs = [sampler() for _ in range(30)]
+    assert all(budget.accepts(metrics(a)) for a in archs) and len(set(archs)) > 3
+    with pytest.raises(QsposError, match="train.sampling_budget.*no arch meets"):
+        make_sampler(_cfg("train.sampling=budget", "train.sampling_budget={bitops: 1}"), supernet)
+
+
+def test_checkpoint_is_a_supernet_and_bad_resumes_are_refused(tmp_path):
+    cfg = _cfg("train.max_steps=3")
+    res = train_supernet(cfg, tmp_path)
+    assert res.fit.steps == 3 and 0 <= res.val_top1_max <= 1 and 0 <= res.val_top1_min <= 1
+    load_supernet(cfg, tmp_path / "supernet.pt")
+    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"event"' not in line]
+    assert len(lines) == 2 and all('"stage": "train"' in line for line in lines)
+    with pytest.raises(QsposError, match="another model"):
+        train_supernet(_cfg("train.max_steps=3", "space.width_multipliers=[0.5, 1.5]"), tmp_path, resume=True)
+    with pytest.raises(QsposError, match="cannot resume .*: lr was 0.1, now 0.2"):
+        train_supernet(_cfg("train.max_steps=3", "train.lr=0.2"), tmp_path, resume=True)
+    cfg_file, stamp = _config_file(tmp_path), (tmp_path / "supernet.pt").stat().st_mtime_ns
+    assert main(["train", str(cfg_file), "--out", str(tmp_path), "--set", "train.max_steps=3"]) == 2
+    assert (tmp_path / "supernet.pt").stat().st_mtime_ns == stamp
+
+
+def _train(cfg_file: Path, out: Path, *extra: str) -> subprocess.Popen:
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "qspos", "train", str(cfg_file), "--out", str(out), *extra],
+                            cwd=ROOT, env=ONE_THREAD, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(proc: subprocess.Popen, out: Path) -> None:
+    assert proc.wait(timeout=120) == 0, out.with_suffix(".log").read_text()[-2000:]
+
+
+@pytest.mark.slow  # three processes (15 s on idle cores, 45 s on busy ones); the fast guard is
+# tests/test_trainer.py::test_fit_resume_from_mid_epoch_is_exact
+def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    cfg_file = _config_file(tmp_path)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    ref = _train(cfg_file, whole)
+    proc = _train(cfg_file, killed)
+    ckpt = killed / "supernet.pt"
+    deadline = time.monotonic() + 90
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=True)
+    assert not state["complete"] and 0 < state["step"] < 84  # killed for real, mid-training
+    _wait(_train(cfg_file, killed, "--resume"), killed)
+    _wait(ref, whole)
+    a, b = (torch.load(d / "supernet.pt", weights_only=True) for d in (whole, killed))
+    assert a["complete"] and b["complete"] and a["step"] == b["step"] == 84
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+WORKER = """
+import sys
+from pathlib import Path
+import torch, torch.distributed as dist
+from qspos.runtime.config import load_config
+from qspos.stages.train import train_supernet
+res = train_supernet(load_config(sys.argv[1], ["train.max_steps=6"]), Path(sys.argv[2]))
+params = {n: p.detach() for n, p in res.supernet.named_parameters()}
+torch.save(params, Path(sys.argv[2]) / f"rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    script, out = tmp_path / "worker.py", tmp_path / "ddp"
+    script.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(_config_file(tmp_path)), str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[:6000]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2))
+    saved = torch.load(out / "supernet.pt", weights_only=True)
+    assert saved["complete"] and saved["step"] == 6
+    for name, p in r0.items():
+        assert torch.equal(p, r1[name]), name
+        assert torch.equal(p, saved["model"][name]), name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=0", "train.lr: must be positive"),
+    ("train.momentum=1.0", "train.momentum: must be in"),
+    ("train.max_steps=0", "train.max_steps: must be positive"),
+    ("train.sampling=budget", "train.sampling_budget: sampling 'budget' needs a budget"),
+    ("train.threshold_init_batches=-1", "train.threshold_init_batches: must be >= 0"),
+])
+def test_bad_train_settings_are_refused_naming_the_key(override, message):
+    with pytest.raises(QsposError, match=message):
+        _cfg(override)
+
+
+def test_exponent_without_a_dot_is_a_float():
+    assert _cfg("train.weight_decay=5e-5").train.weight_decay == 5e-5  # YAML 1.1 reads it as text
