@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_cost import machine
 
 import qspos
-from qspos.runtime.rundir import resolve_run_dir
+from qspos.runtime.rundir import RunDir
 from qspos.stages.report import write_report
 from qspos.stages.run import claim_run_dir
 
@@ -39,9 +39,9 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = qspos.load_config(args.config, args.overrides)
-    run_dir = resolve_run_dir(cfg, args.out)
+    run_dir = RunDir.of(cfg, args.out).path
     if not args.resume:
-        claim_run_dir(run_dir)
+        claim_run_dir(RunDir(run_dir))
     machine_info = machine()
     times: dict[str, float] = {}
 
@@ -52,9 +52,9 @@ def main() -> None:
         return out
 
     stage("train", qspos.train_supernet, cfg, run_dir, resume=args.resume)
-    stage("search", qspos.stages.search, cfg, run_dir, resume=args.resume)
-    nets = stage("finetune + test eval", qspos.stages.finetune, cfg, run_dir, resume=args.resume)
-    exports = stage("export", qspos.stages.export, run_dir)
+    stage("search", qspos.search, cfg, run_dir, resume=args.resume)
+    nets = stage("finetune + test eval", qspos.finetune, cfg, run_dir, resume=args.resume)
+    exports = stage("export", qspos.export, run_dir)
     report = stage("report", write_report, run_dir)
     total = round(sum(times.values()), 1)
 

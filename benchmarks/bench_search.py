@@ -87,12 +87,12 @@ def evolution(cfg, run_dir: Path) -> dict:
     result = search(cfg, run_dir, resume=True)  # continues or reuses an earlier search
     budgets = []
     for b in result.budgets:
-        evo, rnd, uni = b["best"][0], b["random_best"], b["uniform"]
-        budgets.append({"budget": b["name"], "limits": b["limits"],
-                        "evolution_val_top1": evo["val_top1"], "evolution_bitops": evo["bitops"],
-                        "random_val_top1": rnd["val_top1"] if rnd else None,
-                        "uniform_val_top1": uni["val_top1"] if uni else None,
-                        "uniform_bitops": uni["bitops"] if uni else None})
+        evo, rnd, uni = b.best[0], b.random_best, b.uniform
+        budgets.append({"budget": b.name, "limits": b.limits,
+                        "evolution_val_top1": evo.val_top1, "evolution_bitops": evo.bitops,
+                        "random_val_top1": rnd.val_top1 if rnd else None,
+                        "uniform_val_top1": uni.val_top1 if uni else None,
+                        "uniform_bitops": uni.bitops if uni else None})
     return {"evaluations_total": result.evaluations, "population": cfg.search.population,
             "iterations": cfg.search.iterations, "budgets": budgets,
             "results_file": str(run_dir / "search" / "results.json")}

@@ -18,11 +18,14 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from qspos._version import __version__
+
+__all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate",
+           "export", "finetune", "load_arch", "load_config", "run", "save_arch", "search", "train_supernet"]
+
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "Arch": "qspos.core.arch", "Choice": "qspos.core.arch",
@@ -34,8 +37,6 @@ _EXPORTS = {
     "train_supernet": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
     "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
 }
-__all__ = ["Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate", "export",
-           "finetune", "load_arch", "load_config", "run", "save_arch", "search", "train_supernet"]
 
 if TYPE_CHECKING:
     from qspos.api import evaluate, export, finetune, run, search, train_supernet

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from qspos._version import __version__
 from qspos.errors import QsposError
 
 EPILOG = "Every command also works as 'python -m qspos ...' and under torchrun. Docs: README.md."
@@ -37,8 +38,6 @@ def _common(p: argparse.ArgumentParser, out: bool = True, resume: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qspos import __version__
-
     parser = argparse.ArgumentParser(
         prog="qspos", epilog=EPILOG,
         description="Joint mixed-precision and channel search with a single-path one-shot Brevitas supernet.",
