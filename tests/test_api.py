@@ -11,7 +11,7 @@ from qspos.stages.finetune import FinetuneResult
 from qspos.stages.run import RunResult
 from qspos.stages.search import SearchResult
 from qspos.stages.train import TrainResult
-from tests.search_helpers import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_stages_take_a_dict_and_return_result_objects(tmp_path):

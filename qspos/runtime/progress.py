@@ -63,6 +63,7 @@ class _Task:
     start_completed: float
     t0: float
     printed: float  # when the last line of this task was printed
+    printed_at: float  # ... and how far it was then
     finished: bool = False
 
 
@@ -78,13 +79,14 @@ class PlainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for task in self.tasks:
-            if not task.finished and task.completed > task.start_completed:
+        for task in self.tasks:  # where an unfinished task stopped, unless that was just printed
+            if not task.finished and task.completed != task.printed_at:
                 self._print(task)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields: Any) -> int:
         now = time.monotonic()
-        self.tasks.append(_Task(description, total or 0, completed, str(fields.get("info", "")), completed, now, now))
+        self.tasks.append(_Task(description, total or 0, completed, str(fields.get("info", "")), completed, now, now,
+                                completed))
         return len(self.tasks) - 1
 
     def update(self, task_id: int, *, advance: float = 0, completed: float | None = None,
@@ -107,7 +109,7 @@ class PlainProgress:
 
     def _print(self, task: _Task) -> None:
         now = time.monotonic()
-        task.printed = now
+        task.printed, task.printed_at = now, task.completed
         elapsed = now - task.t0
         done = task.completed - task.start_completed
         eta = ""

@@ -11,7 +11,7 @@ from qspos.core.metrics import ArchMetrics
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
-from tests.search_helpers import tiny_config
+from tests.helpers import tiny_config
 
 
 def _metrics(overrides=(), latency=False) -> ArchMetrics:

@@ -9,10 +9,8 @@ from qspos.core.arch import Choice
 from qspos.core.layers import BitChoiceQuantizer, SearchableConv2d, SearchableLayer, SearchableLinear, SlicedBatchNorm2d
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet
-from qspos.runtime.checkpoint import atomic_save
+from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
-from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 
 RESNET18_32 = {
     "model": {"name": "resnet18", "num_classes": 10, "in_channels": 3, "input_size": 32},
@@ -150,25 +148,6 @@ def test_a_layer_in_no_block_is_an_error(small_cfg):
         Supernet(_Stray(), small_cfg.space)
 
 
-def _checkpoint(cfg, supernet, **extra):
-    return {"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS), **extra}
-
-
-def test_load_supernet_round_trip_and_refusals(small_cfg, tmp_path, perturb):
-    supernet = perturb(build_supernet(small_cfg))
-    path = tmp_path / "supernet.pt"
-    atomic_save(_checkpoint(small_cfg, supernet, complete=True), path)
-    loaded = load_supernet(small_cfg, path)
-    for (k, a), b in zip(supernet.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), k
-
-    atomic_save(_checkpoint(small_cfg, supernet, complete=False), path)
-    with pytest.raises(QsposError, match="unfinished"):
-        load_supernet(small_cfg, path)
-    assert isinstance(load_supernet(small_cfg, path, require_complete=False), Supernet)
-
-    other = load_config(small_cfg, ["space.width_multipliers=[0.5,1.0,1.5]"])
-    with pytest.raises(QsposError, match="another model/space"):
-        load_supernet(other, path, require_complete=False)
-    with pytest.raises(QsposError, match="not found"):
-        load_supernet(small_cfg, tmp_path / "missing.pt")
+def test_a_module_without_the_backbone_protocol_is_refused(small_cfg):
+    with pytest.raises(QsposError, match="Sequential is not a supernet backbone: it needs search_blocks"):
+        Supernet(torch.nn.Sequential(), small_cfg.space)

@@ -5,7 +5,7 @@ from torch.utils.data import TensorDataset
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
 from qspos.runtime.evaluate import CandidateEvaluator, evaluate_top1, fixed_batches, recalibrate_bn
-from tests.search_helpers import tiny_config
+from tests.helpers import tiny_config
 
 
 def _threshold_task(n: int = 512, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,7 +18,7 @@ from qspos.runtime.rundir import RunDir
 from qspos.stages.export import export, export_packed, quant_layers, require_onnx, unpack_weights
 from qspos.stages.finetune import finetune
 from quant_kernels.packing import packed_size
-from tests.search_helpers import make_run, tiny_config
+from tests.helpers import make_run, tiny_config
 
 
 def _finetuned_run(tmp_path, perturb, w_bits: int, *overrides):

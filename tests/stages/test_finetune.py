@@ -20,7 +20,7 @@ from qspos.stages.evaluate import evaluate_checkpoint
 from qspos.stages.finetune import finetune, finetune_targets, init_model, load_float_weights
 from qspos.stages.search_results import BudgetResult, Candidate, SearchResult, UniformBaseline
 from qspos.stages.train import train_supernet
-from tests.search_helpers import make_run
+from tests.helpers import make_run
 
 CPU = torch.device("cpu")
 
@@ -73,14 +73,6 @@ def test_finetune_writes_the_net_its_arch_and_results_and_resume_keeps_them(tmp_
     (again,) = finetune(cfg, run_dir, arch=arch, resume=True)
     assert again.to_dict() == res.to_dict()
     assert (out / "model.pt").stat().st_mtime_ns == stamp
-
-
-def test_eval_of_a_supernet_checkpoint_needs_an_arch(tmp_path, perturb):
-    cfg, run_dir, arch = _finetune_cfg(tmp_path, perturb)
-    with pytest.raises(QsposError, match="--arch"):
-        evaluate_checkpoint(cfg, run_dir / "supernet.pt")
-    res = evaluate_checkpoint(cfg, run_dir / "supernet.pt", arch)
-    assert res.kind == "supernet" and 0 <= res.test_top1 <= 1
 
 
 def _results(space, *budgets):

@@ -9,7 +9,7 @@ from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
 from qspos.stages.latency import load_latency_table, save_latency_table
-from tests.search_helpers import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from qspos.cli import main
-from tests.search_helpers import tiny_config
+from tests.helpers import tiny_config
 
 
 def _config(tmp_path: Path) -> Path:
@@ -51,6 +51,24 @@ def test_run_goes_end_to_end_and_refuses_to_overwrite(tmp_path):
     stamp = (out / "report.md").stat().st_mtime_ns
     assert main(["run", str(cfg), "--out", str(out)]) == 2  # nothing is overwritten
     assert (out / "report.md").stat().st_mtime_ns == stamp
+
+
+def test_a_refused_command_leaves_the_recorded_config_alone(tmp_path, capsys):
+    cfg, out = _config(tmp_path), tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]"]) == 0
+    recorded = (out / "config.yaml").read_bytes()
+    refused = [
+        ["run", "--resume", "--set", "space.weight_bits=[2,3,4]"],  # another supernet
+        ["train", "--resume", "--set", "train.lr=0.5"],  # another training recipe
+        ["search", "--set", "search.population=7"],  # a search is there
+        ["finetune", "--pick", "99"],  # no such search result
+        ["finetune", "--set", "finetune.lr=0.5"],  # the nets exist
+    ]
+    for command, *rest in refused:
+        assert main([command, str(cfg), "--out", str(out), *rest]) == 2, (command, rest)
+        assert (out / "config.yaml").read_bytes() == recorded, (command, rest)
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "packed"]) == 0  # the run still reads as itself
 
 
 def test_a_run_killed_after_the_search_resumes_without_retraining(tmp_path, capsys):

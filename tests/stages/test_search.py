@@ -19,7 +19,7 @@ from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
 from qspos.runtime.evaluate import CandidateEvaluator
 from qspos.stages.search import SearchResult, search
-from tests.search_helpers import make_run, tiny_config
+from tests.helpers import make_run, tiny_config
 
 TWO_BUDGETS = [
     {"name": "small", "bitops": "uniform 2,2", "size_bytes": {"max": 700}},

@@ -10,46 +10,26 @@ import torch
 import yaml
 
 from qspos.cli import main
-from qspos.core.budget import parse_budgets
-from qspos.core.calibrate import init_act_thresholds, mse_threshold
-from qspos.core.cost import CostModel
-from qspos.core.metrics import ArchMetrics
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
-from qspos.runtime.config import load_config
-from qspos.runtime.data import load_splits, make_loader
-from qspos.runtime.sampler import PathSampler, make_sampler
+from qspos.runtime.data import load_splits
+from qspos.runtime.sampler import PathSampler
 from qspos.runtime.trainer import fit
 from qspos.stages.train import train_supernet
+from tests.helpers import TRAIN_CONFIG, train_config
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "model": {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 8,
-              "args": {"depth": 8, "widths": [4, 8, 8]}},
-    "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
-    "data": {"dataset": "synthetic", "synthetic_size": 256, "val_size": 32, "batch_size": 16,
-             "eval_batch_size": 64},
-    "train": {"epochs": 6, "lr": 0.1, "warmup_epochs": 0.5, "log_every": 5, "checkpoint_every": 10,
-              "threshold_init_batches": 2},
-    "search": {"calib_images": 64},
-}
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as conftest.py does in-process
-
-
-def _cfg(*overrides):
-    return load_config(TINY, list(overrides))
 
 
 def _config_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(TRAIN_CONFIG))
     return path
 
 
 def test_one_step_changes_only_the_active_path(tmp_path):
-    cfg = _cfg("train.max_steps=1", "train.threshold_init_batches=0")
+    cfg = train_config("train.max_steps=1", "train.threshold_init_batches=0")
     torch.manual_seed(cfg.seed)
     before = build_supernet(cfg)
     arch = PathSampler(before.space, cfg.seed)()  # the path of step 0
@@ -70,23 +50,8 @@ def test_one_step_changes_only_the_active_path(tmp_path):
     assert some_inactive
 
 
-def test_activation_thresholds_of_every_bit_width_are_initialised():
-    cfg = _cfg()
-    supernet = build_supernet(cfg)
-    buffers = {n: b.clone() for n, b in supernet.named_buffers()}
-    loader = make_loader(load_splits(cfg.data, cfg.model).calib, 32, shuffle=False)
-    init_act_thresholds(supernet, [next(iter(loader))], torch.device("cpu"))
-    for name, layer in supernet.layer_items():
-        t = layer.input_quant.threshold.detach()[:, 0]
-        assert (t != 1.0).all() and (t > 0).all(), name
-        if len(t) > 1:  # more bits: less clipping pays off
-            assert t[0] <= t[-1], name
-    for n, b in supernet.named_buffers():
-        assert torch.equal(b, buffers[n]), f"{n} was not restored"
-
-
 def test_the_same_loop_fine_tunes_an_extracted_brevitas_net(tmp_path):
-    cfg = _cfg("train.max_steps=3")
+    cfg = train_config("train.max_steps=3")
     supernet = build_supernet(cfg)
     net = supernet.extract(supernet.space.extremes()[0])
     res = fit(net, load_splits(cfg.data, cfg.model).train, cfg.train, batch_size=16, seed=0,
@@ -95,35 +60,17 @@ def test_the_same_loop_fine_tunes_an_extracted_brevitas_net(tmp_path):
     assert torch.load(tmp_path / "ft.pt", weights_only=True)["complete"]
 
 
-def test_mse_threshold_clips_less_with_more_bits():
-    x = torch.randn(50_000).abs()
-    t2, t8 = mse_threshold(x, 2, False, False), mse_threshold(x, 8, False, False)
-    assert t2 < t8 <= float(x.max())
-
-
-def test_budget_sampling_stays_inside_the_budget():
-    cfg = _cfg("train.sampling=budget", "train.sampling_budget={bitops: {min: 'uniform 2,2', max: 'uniform 2,4'}}")
-    supernet = build_supernet(cfg)
-    sampler = make_sampler(cfg, supernet)
-    metrics = ArchMetrics(CostModel(supernet, cfg.input_shape))
-    (budget,) = parse_budgets([cfg.train.sampling_budget], metrics)
-    archs = [sampler() for _ in range(30)]
-    assert all(budget.accepts(metrics(a)) for a in archs) and len(set(archs)) > 3
-    with pytest.raises(QsposError, match="train.sampling_budget.*no arch meets"):
-        make_sampler(_cfg("train.sampling=budget", "train.sampling_budget={bitops: 1}"), supernet)
-
-
 def test_checkpoint_is_a_supernet_and_bad_resumes_are_refused(tmp_path):
-    cfg = _cfg("train.max_steps=3")
+    cfg = train_config("train.max_steps=3")
     res = train_supernet(cfg, tmp_path)
     assert res.fit.steps == 3 and 0 <= res.val_top1_max <= 1 and 0 <= res.val_top1_min <= 1
     load_supernet(cfg, tmp_path / "supernet.pt")
     lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"event"' not in line]
     assert len(lines) == 2 and all('"stage": "train"' in line for line in lines)
     with pytest.raises(QsposError, match="another model"):
-        train_supernet(_cfg("train.max_steps=3", "space.width_multipliers=[0.5, 1.5]"), tmp_path, resume=True)
+        train_supernet(train_config("train.max_steps=3", "space.width_multipliers=[0.5, 1.5]"), tmp_path, resume=True)
     with pytest.raises(QsposError, match="cannot resume .*: lr was 0.1, now 0.2"):
-        train_supernet(_cfg("train.max_steps=3", "train.lr=0.2"), tmp_path, resume=True)
+        train_supernet(train_config("train.max_steps=3", "train.lr=0.2"), tmp_path, resume=True)
     cfg_file, stamp = _config_file(tmp_path), (tmp_path / "supernet.pt").stat().st_mtime_ns
     assert main(["train", str(cfg_file), "--out", str(tmp_path), "--set", "train.max_steps=3"]) == 2
     assert (tmp_path / "supernet.pt").stat().st_mtime_ns == stamp
@@ -201,8 +148,8 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
 ])
 def test_bad_train_settings_are_refused_naming_the_key(override, message):
     with pytest.raises(QsposError, match=message):
-        _cfg(override)
+        train_config(override)
 
 
 def test_exponent_without_a_dot_is_a_float():
-    assert _cfg("train.weight_decay=5e-5").train.weight_decay == 5e-5  # YAML 1.1 reads it as text
+    assert train_config("train.weight_decay=5e-5").train.weight_decay == 5e-5  # YAML 1.1 reads it as text

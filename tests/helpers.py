@@ -1,4 +1,4 @@
-"""A tiny searchable run directory for the search tests: no trained supernet needed."""
+"""Tiny configs for the tests, and a searchable run directory that needs no trained supernet."""
 
 from __future__ import annotations
 
@@ -35,3 +35,22 @@ def make_run(tmp_path: Path, perturb, overrides: list[str] | None = None, **sear
     atomic_save({"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS),
                  "complete": True}, run_dir / "supernet.pt")
     return cfg, run_dir
+
+
+# ResNet-8 (widths 4/8/8) on 8x8 synthetic images, trained for a few dozen steps
+TRAIN_CONFIG = {
+    "name": "tiny",
+    "seed": 0,
+    "model": {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 8,
+              "args": {"depth": 8, "widths": [4, 8, 8]}},
+    "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
+    "data": {"dataset": "synthetic", "synthetic_size": 256, "val_size": 32, "batch_size": 16,
+             "eval_batch_size": 64},
+    "train": {"epochs": 6, "lr": 0.1, "warmup_epochs": 0.5, "log_every": 5, "checkpoint_every": 10,
+              "threshold_init_batches": 2},
+    "search": {"calib_images": 64},
+}
+
+
+def train_config(*overrides: str) -> Config:
+    return load_config(TRAIN_CONFIG, list(overrides))
