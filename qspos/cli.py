@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from qspos._version import __version__
 from qspos.errors import QsposError
+
+if TYPE_CHECKING:
+    from qspos.runtime.config import Config
 
 EPILOG = "Every command also works as 'python -m qspos ...' and under torchrun. Docs: README.md."
 
@@ -80,12 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> Config:
+    """The command's config with its ``--set`` overrides: read before any stage (and torch) loads,
+    so a bad config fails at once."""
     from qspos.runtime.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
     from qspos.runtime.files import load_arch
 
     # read the user's files before importing torch/Brevitas (seconds): bad input fails at once
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     arch_file = load_arch(args.arch) if args.arch else None
 
     from qspos.core.cost import CostModel
@@ -116,9 +127,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qspos.runtime.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     from qspos.runtime.distributed import is_main_process
     from qspos.runtime.progress import console, percent, stdout, table
     from qspos.stages.train import train_supernet
@@ -139,9 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from qspos.runtime.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     from qspos.stages.search import search
 
     search(cfg, args.out, resume=args.resume)
@@ -149,10 +156,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from qspos.runtime.config import load_config
     from qspos.runtime.files import load_arch
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     arch = load_arch(args.arch) if args.arch else None
     from qspos.runtime.distributed import is_main_process
     from qspos.runtime.progress import stdout
@@ -166,10 +172,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """A table, and a JSON file beside the checkpoint (printed instead where it cannot be written)."""
-    from qspos.runtime.config import load_config
     from qspos.runtime.files import load_arch
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     arch = load_arch(args.arch) if args.arch else None
     from qspos.runtime.files import write_json
     from qspos.runtime.progress import console, percent, stdout, table
@@ -215,9 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qspos.runtime.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     from qspos.stages.run import run
 
     run(cfg, args.out, resume=args.resume)
@@ -225,9 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from qspos.runtime.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     from qspos.stages.latency import measure_latency
 
     table = measure_latency(cfg, args.table, reps=args.reps, batch_size=args.batch_size)
