@@ -59,6 +59,8 @@ def x_space_bounds(scale: float, a: float, b: float) -> tuple[float, float]:
     like torch's, to skip tensor-op overhead.
     """
     scale = np.float32(scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise FloatingPointError(f"quantization scale {scale} is not a positive finite number")
 
     def last_true(x: np.float32, pred: Callable[[np.float32], bool]) -> np.float32:
         for _ in range(16):

@@ -42,9 +42,13 @@ class Choice:
         for key in ("w_bits", "a_bits"):  # int() would silently turn 2.5 or True into a bit-width
             if isinstance(d[key], bool) or not isinstance(d[key], int):
                 raise QsposError(f"{where}.{key}: expected an integer bit-width, got {d[key]!r}")
+            if not 1 <= d[key] <= 16:
+                raise QsposError(f"{where}.{key}: bit-width {d[key]} is outside 1-16")
         width = d.get("width")
         if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float))):
             raise QsposError(f"{where}.width: expected a number, got {width!r}")
+        if width is not None and not 0 < width < float("inf"):
+            raise QsposError(f"{where}.width: a width multiplier must be positive, got {width!r}")
         return cls(d["w_bits"], d["a_bits"], width)
 
 

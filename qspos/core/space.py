@@ -79,16 +79,23 @@ class Space:
     def validate(self, arch: Arch, domain: bool = True) -> Arch:
         """Return ``arch`` unchanged, or raise naming what it gets wrong.
 
-        With ``domain=False`` only the choice-point names are checked (a cost can be computed
-        for any bits, e.g. a uniform reference outside the searched pairs).
+        With ``domain=False`` any bits (1-16) are allowed, e.g. a uniform reference outside the
+        searched pairs, but a width must still be one the supernet holds: up to the largest
+        multiplier of its choice point, and none where the choice point has no width.
         """
         missing = [n for n in self.names if n not in arch]
         extra = [n for n in arch if n not in self._by_name]
         if missing or extra:
             raise QsposError(f"arch does not match the space: missing {missing}, unknown {extra}")
-        for p in self.points if domain else ():
-            if not p.contains(arch[p.name]):
-                raise QsposError(f"arch[{p.name}] = {arch[p.name].to_dict()} is not in its domain")
+        for p in self.points:
+            c = arch[p.name]
+            if domain and not p.contains(c):
+                raise QsposError(f"arch[{p.name}] = {c.to_dict()} is not in its domain")
+            if p.widths is None and c.width is not None:
+                raise QsposError(f"arch[{p.name}].width: this choice point has no width to choose, got {c.width:g}")
+            if p.widths is not None and (c.width is None or c.width > max(p.widths)):
+                raise QsposError(f"arch[{p.name}].width: {c.width} is outside the supernet's widths "
+                                 f"(up to {max(p.widths):g})")
         return arch
 
     def uniform(self, w_bits: int, a_bits: int) -> Arch:

@@ -141,7 +141,10 @@ def resnet_small(
     max_width: float = 1.0,
 ) -> ResNet:
     """3-stage ResNet for 28x28/32x32 inputs (He et al. CIFAR form): depth = 6n + 2."""
-    if (depth - 2) % 6 or depth < 8:
-        raise ValueError(f"depth must be 6n+2 with n >= 1, got {depth}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or (depth - 2) % 6 or depth < 8:
+        raise ValueError(f"depth must be 6n+2 with n >= 1, got {depth!r}")
+    if not (isinstance(widths, (list, tuple)) and len(widths) == 3
+            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        raise ValueError(f"widths must be 3 positive integers, one per stage, got {widths!r}")
     n = (depth - 2) // 6
     return ResNet([n, n, n], list(widths), num_classes, in_channels, max_width, "small")

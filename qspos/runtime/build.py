@@ -13,7 +13,7 @@ from qspos.core.arch import Arch
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.models import create_model
-from qspos.runtime.checkpoint import load_checkpoint
+from qspos.runtime.checkpoint import load_checkpoint, load_model_state
 from qspos.runtime.config import Config
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 
@@ -45,20 +45,20 @@ def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True) 
     Refuses a checkpoint whose model/space differ from the config, or (by default) one whose
     training has not finished.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=("model",))
     want = fingerprint(cfg, *SUPERNET_SECTIONS)
     if state.get("fingerprint") != want:
         raise QsposError(f"{path} was trained with another model/space config than this one")
     if require_complete and not state.get("complete", False):
         raise QsposError(f"{path} is an unfinished training checkpoint; finish it with 'qspos train --resume'")
     supernet = build_supernet(cfg)
-    supernet.load_state_dict(state["model"])
+    load_model_state(supernet, state["model"], path)
     return supernet
 
 
 def load_finetuned(cfg: Config, path: str | Path) -> tuple[nn.Module, Arch]:
     """A fine-tuned net (``model.pt``) and its arch, rebuilt from the config's backbone."""
-    return finetuned_from_state(cfg, load_checkpoint(path), Path(path))
+    return finetuned_from_state(cfg, load_checkpoint(path, require=("model", "arch")), Path(path))
 
 
 def finetuned_from_state(cfg: Config, state: dict, path: Path) -> tuple[nn.Module, Arch]:
@@ -68,8 +68,5 @@ def finetuned_from_state(cfg: Config, state: dict, path: Path) -> tuple[nn.Modul
     supernet = build_supernet(cfg)
     arch = supernet.space.validate(Arch.from_dict(state["arch"]))
     model = supernet.extract(arch)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise QsposError(f"{path} does not fit the net of its arch: {str(e).splitlines()[0]}") from None
+    load_model_state(model, state["model"], path)
     return model.eval(), arch

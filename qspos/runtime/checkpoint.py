@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from brevitas import config as brevitas_config
+from torch import nn
 
 from qspos.errors import QsposError
 from qspos.runtime.files import atomic_path
@@ -19,15 +22,44 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict:
+    """A checkpoint written by qspos (a dict of tensors and plain values), loaded with
+    ``weights_only=True``; anything else (a missing, empty or foreign file, pickled code, a dict
+    without the ``require`` d keys) is a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise QsposError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
         why = (str(e).splitlines() or [type(e).__name__])[0]  # a zero-byte file's error has no message
-        raise QsposError(f"cannot read checkpoint {path}: {why}") from None
+        raise QsposError(f"cannot read checkpoint {path}: {why or type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise QsposError(f"{path} is not a qspos checkpoint: it holds a {type(state).__name__}, not a dict")
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise QsposError(f"{path} is not a qspos checkpoint of this kind: no {missing[0]!r} in it")
+    return state
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | Path) -> None:
+    """Load ``state`` into ``model`` in place: the one way every stage restores weights.
+
+    Brevitas would re-initialise each quantizer on a state-dict load
+    (``REINIT_ON_STATE_DICT_LOAD``), replacing the learned threshold parameters by new objects an
+    optimiser built before the load never updates, and dropping the fused kernels; here the
+    existing parameters receive the values instead. A state that does not fit is a one-line error
+    naming ``source``.
+    """
+    reinit = brevitas_config.REINIT_ON_STATE_DICT_LOAD
+    brevitas_config.REINIT_ON_STATE_DICT_LOAD = False
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise QsposError(f"{source} does not fit this model: {why}") from None
+    finally:
+        brevitas_config.REINIT_ON_STATE_DICT_LOAD = reinit
 
 
 def rng_state() -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -51,7 +52,8 @@ class SpaceConfig:
 
 @dataclass
 class QuantConfig:
-    backend: str = "fused"  # a quant_kernels backend: fused (same values as reference, faster) | reference | compiled
+    # the quant_kernels backend: fused (same values as reference, faster on CPU) | reference | compiled
+    backend: Literal["fused", "reference", "compiled"] = "fused"
 
 
 @dataclass
@@ -265,15 +267,18 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str) and _FLOAT_TEXT.match(value):
-        return float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
+        value = float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise QsposError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise QsposError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -352,6 +357,15 @@ def _validate(cfg: Config) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise QsposError(f"{key}: must be positive, got {v}")
+    if cfg.data.train_subset is not None and cfg.data.train_subset <= 0:
+        raise QsposError(f"data.train_subset: must be positive or null, got {cfg.data.train_subset}")
+    if cfg.data.synthetic_size <= 0:
+        raise QsposError(f"data.synthetic_size: must be positive, got {cfg.data.synthetic_size}")
+    for key in ("train.device", "finetune.device", "search.device"):
+        section, name = key.split(".")
+        device = getattr(getattr(cfg, section), name)
+        if not _DEVICE.match(device):
+            raise QsposError(f"{key}: {device!r} is not a device (auto, cpu, cuda, cuda:N or mps)")
     if cfg.data.val_size < 0:
         raise QsposError(f"data.val_size: must be >= 0, got {cfg.data.val_size}")
     if cfg.data.workers < 0:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from qspos.errors import QsposError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -39,12 +41,21 @@ def init_distributed(device: torch.device) -> Dist:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' is the local rank's CUDA device when there is one, else the CPU."""
+    """'auto' is the local rank's CUDA device when there is one, else the CPU; a device asked
+    for by name must exist here."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise QsposError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise QsposError(f"device {name!r} is not available on this machine ({torch.cuda.device_count()} CUDA devices)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise QsposError(f"device {name!r} is not available on this machine")
+    return device
 
 
 def is_main_process() -> bool:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from qspos.errors import QsposError
-from qspos.runtime.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from qspos.runtime.checkpoint import atomic_save, load_checkpoint, load_model_state, rng_state, set_rng_state
 from qspos.runtime.config import OptimConfig
 from qspos.runtime.data import make_loader
 from qspos.runtime.distributed import Dist
@@ -33,6 +33,7 @@ from qspos.runtime.progress import MetricsLog, console, progress_bar
 # OptimConfig fields that do not change the trajectory (a resume may change them).
 _NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
 SINGLE = Dist()  # one process, no process group
+TRAIN_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "state", "summary")
 
 
 class Stateful(Protocol):
@@ -112,26 +113,27 @@ def fit(
         "batch_size": batch_size, "seed": seed, "dataset_size": len(dataset), **(recipe or {}),
     }
 
+    step, summary = 0, {"loss": math.nan, "top1": math.nan}
+    ckpt = None
+    if claim_checkpoint(path, resume).exists():
+        ckpt = load_checkpoint(path)
+        _check_resumable(ckpt, path, fingerprint, full_recipe)
+        load_model_state(model, ckpt["model"], path)  # before the optimiser: it holds these parameters
     model.to(device)
     if cuda and optim.channels_last:
         model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, optim, total, warmup)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and optim.amp)
     state = dict(state or {})
-
-    step, summary = 0, {"loss": math.nan, "top1": math.nan}
-    if claim_checkpoint(path, resume).exists():
-        ckpt = load_checkpoint(path)
-        _check_resumable(ckpt, path, fingerprint, full_recipe)
+    if ckpt is not None:
         try:
-            model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise QsposError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        for name, obj in state.items():
-            obj.load_state_dict(ckpt["state"][name])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            for name, obj in state.items():
+                obj.load_state_dict(ckpt["state"][name])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise QsposError(f"{path} does not fit this run: {(str(e).splitlines() or [repr(e)])[0]}") from None
         rngs = ckpt["rng"]
         set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0])
         step, summary = ckpt["step"], ckpt["summary"]
@@ -143,6 +145,8 @@ def fit(
         on_ready()
 
     def save(done: bool) -> None:
+        watch.check()
+        watch.check_weights(model, step)  # a checkpoint never holds non-finite weights
         rngs = _gather(rng_state(), dist)
         if dist.main:
             atomic_save({
@@ -163,6 +167,7 @@ def fit(
     local_batch = batch_size // dist.world
     start_step, t_start = step, time.perf_counter()
     meter = _Meter(device)
+    watch = _Divergence(desc, optim.lr, path, device, dist)
     model.train()
     with progress_bar(enabled=dist.main and step < total, interval_s=progress_interval_s) as bar:
         task = bar.add_task(desc, total=total, completed=step, info="")
@@ -176,12 +181,18 @@ def fit(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if cuda and optim.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext():
-                    logits = net(x)
-                    loss = criterion(logits, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt, active)
+                amp = torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext()
+                try:
+                    with amp:
+                        logits = net(x)
+                        loss = criterion(logits, y)
+                    watch.see(step, loss)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt, active)
+                except ArithmeticError:  # a quantizer met a non-finite scale: the weights diverged earlier
+                    watch.check()  # names the step whose loss went bad, when one did
+                    watch.fail(step, "a quantizer met a non-finite scale")
                 scaler.update()
                 sched.step()
                 meter.add(loss.detach(), logits.detach(), y)
@@ -189,6 +200,7 @@ def fit(
                 bar.update(task, advance=1)
                 last = step == total
                 if step % optim.log_every == 0 or last:
+                    watch.check()
                     summary = meter.flush(dist)
                     img_s = summary.pop("images") / max(summary.pop("seconds"), 1e-9)
                     lr = sched.get_last_lr()[0]
@@ -237,7 +249,7 @@ def _check_resumable(ckpt: dict, path: Path, fingerprint: str, recipe: dict) -> 
     if ckpt.get("fingerprint") != fingerprint:
         raise QsposError(f"{path} was written for another model/config (fingerprint "
                          f"{ckpt.get('fingerprint')} != {fingerprint}); choose another --out")
-    if "recipe" not in ckpt:
+    if "recipe" not in ckpt or any(k not in ckpt for k in TRAIN_STATE_KEYS):
         raise QsposError(f"{path} is not a training checkpoint that can be resumed")
     old = ckpt["recipe"]
     for key in sorted(set(old) | set(recipe)):
@@ -259,6 +271,45 @@ def _sync_buffers(model: nn.Module, dist: Dist) -> None:
     if dist.enabled:
         for b in model.buffers():
             torch_dist.broadcast(b, 0)
+
+
+class _Divergence:
+    """Watches for a non-finite loss without a host sync per step: the first such step is kept
+    on the device and read at log and checkpoint time, which then stops training with a clear
+    error, before a checkpoint could take in the bad weights (the last good one stays on disk)."""
+
+    def __init__(self, desc: str, lr: float, path: Path, device: torch.device, dist: Dist):
+        self.desc, self.lr, self.path, self.dist = desc, lr, path, dist
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def see(self, step: int, loss: Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self) -> None:
+        first_bad = self.first_bad.clone()
+        if self.dist.enabled:
+            torch_dist.all_reduce(first_bad, torch_dist.ReduceOp.MAX)
+        if int(first_bad) >= 0:
+            self.fail(int(first_bad), "the loss is not finite")
+
+    def check_weights(self, model: nn.Module, steps: int) -> None:
+        bad = [n for n, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            self.fail(steps - 1, f"{len(bad)} tensors are not finite, e.g. {bad[0]}")
+
+    def fail(self, step: int, why: str) -> None:
+        """Stop; ``step`` is 0-based, the message counts steps from 1 as the progress does."""
+        at = f" at step {step + 1}"
+        kept = f"; {self.path} keeps the last good checkpoint" if self.path.exists() else ""
+        raise DivergedError(f"{self.desc}: training diverged{at} ({why}): lower the learning rate "
+                            f"(now {self.lr:g}) and start again in another --out{kept}")
+
+
+class DivergedError(QsposError):
+    """Training produced non-finite values; nothing non-finite was saved."""
+
+    exit_code = 3
 
 
 class _Meter:

@@ -143,3 +143,33 @@ def test_finetune_improves_or_keeps_val_accuracy_on_real_fashion_mnist(tmp_path)
     after = evaluate_top1(model, val, CPU)[0]
     print(f"val top-1 before {before:.3f}, after {after:.3f}")
     assert after >= before, (before, after)
+
+
+def test_a_resumed_finetune_ends_with_the_tensors_of_an_uninterrupted_one(tmp_path, perturb):
+    """Loading a checkpoint must not swap the Brevitas quantizers' learned thresholds for new
+    parameters the optimiser never sees, nor the fused kernels for stock ones."""
+    cfg, run_dir, arch = _finetune_cfg(tmp_path, perturb, "finetune.max_steps=8", "finetune.checkpoint_every=3")
+    splits = load_splits(cfg.data, cfg.model)
+
+    def tune(path, resume=False, crash_at=None):
+        model = init_model(cfg, arch, run_dir, _calib(cfg, splits), CPU)
+
+        def before_step(step):
+            if step == crash_at:
+                raise KeyboardInterrupt
+
+        fit(model, splits.train, cfg.finetune, batch_size=16, seed=0, checkpoint=path, fingerprint="ft",
+            resume=resume, before_step=before_step)
+        return model
+
+    whole = tune(tmp_path / "whole.pt")
+    with pytest.raises(KeyboardInterrupt):
+        tune(tmp_path / "cut.pt", crash_at=5)
+    assert load_checkpoint(tmp_path / "cut.pt")["step"] == 3
+    resumed = tune(tmp_path / "cut.pt", resume=True)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert list(a) == list(b)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ: {differ[:5]}"
+    fused = [type(m.tensor_quant).__name__ for m in resumed.modules() if hasattr(m, "tensor_quant")]
+    assert fused == [type(m.tensor_quant).__name__ for m in whole.modules() if hasattr(m, "tensor_quant")]

@@ -14,7 +14,7 @@ from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.data import load_splits
 from qspos.runtime.sampler import PathSampler
-from qspos.runtime.trainer import fit
+from qspos.runtime.trainer import DivergedError, fit
 from qspos.stages.train import train_supernet
 from tests.helpers import TRAIN_CONFIG, train_config
 
@@ -153,3 +153,16 @@ def test_bad_train_settings_are_refused_naming_the_key(override, message):
 
 def test_exponent_without_a_dot_is_a_float():
     assert train_config("train.weight_decay=5e-5").train.weight_decay == 5e-5  # YAML 1.1 reads it as text
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_divergence_stops_training_and_no_checkpoint_holds_non_finite_weights(tmp_path, backend):
+    cfg = train_config("train.lr=1e6", f"quant.backend={backend}", "train.checkpoint_every=2",
+                       "train.log_every=2", "train.warmup_epochs=0")
+    with pytest.raises(DivergedError, match=r"supernet: training diverged at step \d+ .*lower the learning rate"):
+        train_supernet(cfg, tmp_path)
+    ckpt = tmp_path / "supernet.pt"
+    if ckpt.exists():  # the last good checkpoint, never a later one
+        state = torch.load(ckpt, weights_only=True)
+        assert not state["complete"]
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
