@@ -13,7 +13,7 @@ from qspos.core.arch import Arch
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.models import create_model
-from qspos.runtime.checkpoint import load_checkpoint, load_model_state
+from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 
@@ -26,7 +26,7 @@ def build_supernet(cfg: Config) -> Supernet:
     """
     args = dict(cfg.model.args)
     if isinstance(args.get("weights"), str):
-        args["weights"] = load_checkpoint(args["weights"])
+        args["weights"] = load_state_dict_file(args["weights"])
     net = create_model(
         cfg.model.name,
         num_classes=cfg.model.num_classes,

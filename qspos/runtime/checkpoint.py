@@ -19,7 +19,10 @@ from qspos.runtime.files import atomic_path
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Save so that a crash mid-write never leaves a truncated file at ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError
+            raise OSError(f"torch.save failed: {(str(e).splitlines() or ['?'])[0]}") from None
 
 
 def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict:
@@ -40,6 +43,17 @@ def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict:
     if missing:
         raise QsposError(f"{path} is not a qspos checkpoint of this kind: no {missing[0]!r} in it")
     return state
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A float model's weights: a state dict file, or a checkpoint holding one under ``model``."""
+    state = load_checkpoint(path)
+    if isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise QsposError(f"{path} is not a state dict: {odd!r} holds a {type(state[odd]).__name__}, not a tensor")
+    return dict(state)
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | Path) -> None:

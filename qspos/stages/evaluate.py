@@ -65,7 +65,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | 
     path = Path(checkpoint)
     if isinstance(arch, (str, Path)):
         arch = load_arch(arch)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=("model",))
     device = pick_device(cfg.finetune.device)
     splits = load_splits(cfg.data, cfg.model)
     d = cfg.data

@@ -26,7 +26,7 @@ from qspos.core.space import Space
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
-from qspos.runtime.checkpoint import atomic_save, load_checkpoint
+from qspos.runtime.checkpoint import atomic_save, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.data import DataSplits, calibration_loader, load_splits
 from qspos.runtime.distributed import Dist, init_distributed, pick_device
@@ -119,9 +119,7 @@ def load_float_weights(supernet: Supernet, path: str | Path) -> None:
     """Copy a float backbone's weights (a state_dict with the same module names, e.g.
     torchvision's ResNet-18 for ``resnet18``) into the supernet, each tensor into the leading
     slice of the max-width one, then set every weight threshold from the new weights."""
-    state = load_checkpoint(path)
-    if isinstance(state.get("model"), Mapping):
-        state = state["model"]
+    state = load_state_dict_file(path)
     own = {k: v for k, v in supernet.net.state_dict().items()
            if "_quant." not in k and k.rsplit(".", 1)[-1] in _FLOAT_KEYS}
     unknown = sorted(set(state) - set(own))

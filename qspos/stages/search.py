@@ -19,6 +19,7 @@ from qspos.core.budget import Budget, parse_budgets
 from qspos.core.cost import CostModel
 from qspos.core.evolution import Accept, breed, random_archs, ranked
 from qspos.core.metrics import ArchMetrics
+from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.runtime.build import load_supernet
 from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_state, set_python_rng_state
@@ -34,6 +35,16 @@ from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
 from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
 
 STATE_VERSION = 1
+
+
+def search_budgets(cfg: Config, supernet: Supernet) -> tuple[ArchMetrics, list[Budget]]:
+    """The metrics and budgets of ``cfg.search``: refused unless at least one budget is given and
+    every one is syntactically sound and achievable in the space (checked before training too)."""
+    if not cfg.search.budgets:
+        raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
+    latency = load_latency_table(cfg.search.latency_table) if cfg.search.latency_table else None
+    metrics = ArchMetrics(CostModel(supernet, cfg.input_shape), latency)
+    return metrics, parse_budgets(cfg.search.budgets, metrics)
 
 
 def state_fingerprint(cfg: Config) -> str:
@@ -66,12 +77,8 @@ class _Search:
             )
         supernet = load_supernet(cfg, ckpt).to(self.device)
         self.space = supernet.space
-        self.cost_model = CostModel(supernet, cfg.input_shape)
-        latency = load_latency_table(self.scfg.latency_table) if self.scfg.latency_table else None
-        self.metrics = ArchMetrics(self.cost_model, latency)
-        if not self.scfg.budgets:
-            raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
-        self.budgets = parse_budgets(self.scfg.budgets, self.metrics)
+        self.metrics, self.budgets = search_budgets(cfg, supernet)
+        self.cost_model = self.metrics.cost_model
         self.state = self._load_state() if resume and self.state_path.is_file() else self._new_state()
 
         splits = load_splits(cfg.data, cfg.model)
@@ -98,7 +105,7 @@ class _Search:
                 "cache": {}, "archs": {}, "budgets": {}}
 
     def _load_state(self) -> dict:
-        state = load_checkpoint(self.state_path)
+        state = load_checkpoint(self.state_path, require=("version", "fingerprint", "cache", "archs", "budgets"))
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != state_fingerprint(self.cfg):
             raise QsposError(
                 f"{self.state_path} was saved by a search with another config (model, space, data or "

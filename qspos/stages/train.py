@@ -25,6 +25,7 @@ from qspos.runtime.optim import ActiveParts
 from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
 from qspos.runtime.sampler import make_sampler
 from qspos.runtime.trainer import FitResult, claim_checkpoint, fit
+from qspos.stages.search import search_budgets
 
 
 @dataclass
@@ -51,6 +52,8 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.data, cfg.model)
     supernet = build_supernet(cfg).to(device)
+    if cfg.search.budgets:  # a budget no arch can meet is refused now, not after hours of training
+        search_budgets(cfg, supernet)
     sampler = make_sampler(cfg, supernet)
     if not path.exists() and cfg.train.threshold_init_batches > 0:
         n = cfg.train.threshold_init_batches * cfg.data.batch_size

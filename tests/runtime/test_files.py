@@ -69,3 +69,46 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 def test_writes_are_readable_by_others(tmp_path):
     write_text(tmp_path / "t.txt", "x")
     assert (tmp_path / "t.txt").stat().st_mode & 0o044  # not mkstemp's 0600
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import torch
+
+    from qspos.runtime.checkpoint import atomic_save
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1}, path)
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(QsposError, match=r"cannot write .*ckpt.pt: No space left on device; the previous file is kept"):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+
+    def failing_save(*_args, **_kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(QsposError, match="cannot write .*torch.save failed: .*PytorchStreamWriter failed"):
+        atomic_save({"step": 3}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    def denied(*_args, **_kw):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)  # what a read-only folder does (root may write anywhere)
+    with pytest.raises(QsposError, match="cannot write .*x.txt: Permission denied"):
+        write_text(tmp_path / "x.txt", "x")
