@@ -69,6 +69,9 @@ class DataConfig:
     augment: bool = True
     train_subset: int | None = None  # use only this many training images (quick runs)
     synthetic_size: int = 2048  # images per split for the synthetic dataset
+    # per-channel normalisation; null: the dataset's own (ImageNet's for RGB image folders)
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -366,6 +369,12 @@ def _validate(cfg: Config) -> None:
         device = getattr(getattr(cfg, section), name)
         if not _DEVICE.match(device):
             raise QsposError(f"{key}: {device!r} is not a device (auto, cpu, cuda, cuda:N or mps)")
+    for key in ("mean", "std"):
+        values = getattr(cfg.data, key)
+        if values is not None and len(values) != cfg.model.in_channels:
+            raise QsposError(f"data.{key}: give one value per input channel ({cfg.model.in_channels}), got {values}")
+    if cfg.data.std is not None and any(s <= 0 for s in cfg.data.std):
+        raise QsposError(f"data.std: every value must be positive, got {cfg.data.std}")
     if cfg.data.val_size < 0:
         raise QsposError(f"data.val_size: must be >= 0, got {cfg.data.val_size}")
     if cfg.data.workers < 0:

@@ -24,7 +24,7 @@ MEAN_STD = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, for RGB folders
 }
 
 
@@ -133,24 +133,89 @@ def _tensors(cfg: DataConfig, model: ModelConfig, train: bool) -> tuple[torch.Te
     return _synthetic(cfg, model, train)
 
 
+SMALL_IMAGES = 64  # up to this input size, images are padded-and-cropped like CIFAR, not cropped like ImageNet
+
+
 def _imagefolder(cfg: DataConfig, model: ModelConfig) -> DataSplits:
+    """``root/train`` and ``root/val`` ImageFolder trees, checked against the model: as many
+    classes as ``num_classes`` (the same in both trees), images of ``in_channels`` channels.
+
+    Transforms suit the image size: small images (``input_size`` <= 64) are resized to it and,
+    with ``augment``, padded, randomly cropped and flipped as the in-memory datasets are;
+    larger ones get ImageNet's random-resized crop and flip (``augment``), or resize and centre
+    crop. Without ``augment`` training images get the evaluation transform.
+    """
     from torchvision import datasets, transforms
 
-    if not cfg.root or not (Path(cfg.root) / "train").is_dir():
-        raise QsposError("data.root must hold train/ and val/ ImageFolder trees (ImageNet layout)")
-    mean, std = MEAN_STD["imagefolder"]
+    root = Path(cfg.root) if cfg.root else None
+    if root is None or not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise QsposError(f"data.root ({cfg.root}) must hold train/ and val/ ImageFolder trees (one folder per class)")
+    if model.in_channels not in (1, 3):
+        raise QsposError(f"model.in_channels: an image folder gives 1 (grayscale) or 3 (RGB) channels, "
+                         f"not {model.in_channels}")
+    mode = "L" if model.in_channels == 1 else "RGB"
+    mean, std = _mean_std(cfg, model, MEAN_STD["imagefolder"] if mode == "RGB" else None)
     size = model.input_size
     norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    train_tf = transforms.Compose(
-        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm]
-    )
-    eval_tf = transforms.Compose([transforms.Resize(int(size * 8 / 7)), transforms.CenterCrop(size), *norm])
-    root = Path(cfg.root)
-    train_all = datasets.ImageFolder(root / "train", train_tf)
-    plain_all = datasets.ImageFolder(root / "train", eval_tf)
+    if size <= SMALL_IMAGES:
+        eval_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), *norm])
+        train_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                       transforms.RandomCrop(size, padding=2 if size <= 28 else 4),
+                                       transforms.RandomHorizontalFlip(), *norm])
+    else:
+        eval_tf = transforms.Compose([transforms.Resize(int(size * 8 / 7)), transforms.CenterCrop(size), *norm])
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm])
+    if not cfg.augment:
+        train_tf = eval_tf
+
+    def tree(name: str, tf) -> datasets.ImageFolder:  # noqa: ANN001
+        try:
+            return datasets.ImageFolder(str(root / name), tf, loader=_ImageLoader(mode))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise QsposError(f"data.root: {root / name}: {(str(e).splitlines() or ['no images'])[0]}") from None
+
+    train_all, plain_all, test = tree("train", train_tf), tree("train", eval_tf), tree("val", eval_tf)
+    _check_folder(train_all, test, model, root)
     train_idx, val_idx = split_indices(len(train_all), cfg.val_size, cfg.split_seed, cfg.train_subset)
-    test = datasets.ImageFolder(root / "val", eval_tf)
     return DataSplits(Subset(train_all, train_idx), Subset(plain_all, train_idx), Subset(plain_all, val_idx), test)
+
+
+class _ImageLoader:
+    """Opens an image in the model's channel mode ("L" or "RGB"); a class, so loader workers can pickle it."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, path: str):  # noqa: ANN204 - a PIL image
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            return Image.open(f).convert(self.mode)
+
+
+def _check_folder(train, test, model: ModelConfig, root: Path) -> None:  # noqa: ANN001 - ImageFolders
+    if len(train.classes) != model.num_classes:
+        raise QsposError(f"model.num_classes is {model.num_classes}, but {root / 'train'} has "
+                         f"{len(train.classes)} class folders ({', '.join(train.classes[:5])}"
+                         f"{', ...' if len(train.classes) > 5 else ''})")
+    if test.classes != train.classes:
+        extra = sorted(set(test.classes) ^ set(train.classes))
+        raise QsposError(f"{root / 'val'} and {root / 'train'} have different class folders (e.g. {extra[0]!r})")
+    from PIL import Image
+
+    with Image.open(train.samples[0][0]) as first:
+        bands = len(first.convert("RGB").getbands()) if first.mode == "P" else len(first.getbands())
+    if bands == 4:
+        bands = 3  # RGBA: the alpha channel is dropped
+    if bands != model.in_channels:
+        raise QsposError(f"model.in_channels is {model.in_channels}, but the images in {root / 'train'} have "
+                         f"{bands} channel(s) (e.g. {train.samples[0][0]})")
+
+
+def _mean_std(cfg: DataConfig, model: ModelConfig, default: tuple | None) -> tuple[tuple, tuple]:
+    """``data.mean``/``data.std`` when given, else ``default``, else 0.5 and 0.25 per channel."""
+    mean, std = default or ((0.5,) * model.in_channels, (0.25,) * model.in_channels)
+    return (tuple(cfg.mean) if cfg.mean is not None else mean), (tuple(cfg.std) if cfg.std is not None else std)
 
 
 def split_indices(n: int, val_size: int, seed: int, train_subset: int | None = None) -> tuple[list, list]:
@@ -168,7 +233,7 @@ def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
     """The three splits of the configured dataset (the val split is held out of train)."""
     if cfg.dataset == "imagefolder":
         return _imagefolder(cfg, model)
-    mean, std = MEAN_STD.get(cfg.dataset, ((0.5,) * model.in_channels, (0.25,) * model.in_channels))
+    mean, std = _mean_std(cfg, model, MEAN_STD.get(cfg.dataset))
     x_train, y_train = _tensors(cfg, model, train=True)
     x_test, y_test = _tensors(cfg, model, train=False)
     if x_train.shape[1] != model.in_channels or x_train.shape[-1] != model.input_size:

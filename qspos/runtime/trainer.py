@@ -108,10 +108,7 @@ def fit(
     if optim.max_steps is not None:
         total = min(total, optim.max_steps)
     warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
-    full_recipe = {
-        **{f.name: getattr(optim, f.name) for f in fields(optim) if f.name not in _NOT_RECIPE},
-        "batch_size": batch_size, "seed": seed, "dataset_size": len(dataset), **(recipe or {}),
-    }
+    full_recipe = training_recipe(optim, batch_size, seed, len(dataset), recipe)
 
     step, summary = 0, {"loss": math.nan, "top1": math.nan}
     ckpt = None
@@ -227,6 +224,21 @@ def fit(
             f"top-1 {100 * result.top1:.2f}%, {result.images_per_s:.0f} img/s, {seconds:.0f} s"
         )
     return result
+
+
+def training_recipe(optim: OptimConfig, batch_size: int, seed: int, dataset_size: int,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a training trajectory depends on: a resume must match it exactly."""
+    return {
+        **{f.name: getattr(optim, f.name) for f in fields(optim) if f.name not in _NOT_RECIPE},
+        "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size, **(extra or {}),
+    }
+
+
+def check_finished(path: Path, fingerprint: str, recipe: dict[str, Any]) -> None:
+    """Refuse to reuse a finished training (its checkpoint at ``path``) for another model or
+    recipe: a resumed run must not keep results that its config no longer describes."""
+    _check_resumable(load_checkpoint(path), path, fingerprint, recipe)
 
 
 def claim_checkpoint(path: Path, resume: bool) -> Path:

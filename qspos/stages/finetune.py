@@ -34,7 +34,7 @@ from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
 from qspos.runtime.files import load_arch, save_arch, write_json
 from qspos.runtime.progress import console, percent, table
 from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, fingerprint
-from qspos.runtime.trainer import fit
+from qspos.runtime.trainer import check_finished, fit, training_recipe
 from qspos.stages.evaluate import result_record
 from qspos.stages.search_results import SearchResult
 from quant_kernels.brevitas_impl import set_fused_kernels
@@ -195,7 +195,9 @@ def finetune(
     results = []
     for target in targets:
         net = run.net(target.name)
-        if not (resume and net.done):
+        if resume and net.done:  # kept only if it was tuned as this config says
+            check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train)))
+        else:
             _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record)
         results.append(FinetuneResult.from_dict(json.loads(net.result.read_text())))
     record()
@@ -224,9 +226,7 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     res = fit(
         model, splits.train, f,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint,
-        fingerprint=f"{supernet_fp}-{target.arch.digest()}", resume=resume,
-        recipe={"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
-                "init": [f.init, f.float_checkpoint]},
+        fingerprint=_identity(cfg, target, len(splits.train))[0], resume=resume, recipe=_recipe(cfg),
         metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
         dist=dist, device=device, workers=d.workers, desc=f"finetune {target.name}",
         on_ready=on_ready, progress_interval_s=cfg.log.interval_s,
@@ -243,6 +243,19 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
         save_finetuned(net, model, target, supernet_fp)
         write_json(net.result, result.to_dict())
     dist.barrier()
+
+
+def _recipe(cfg: Config) -> dict[str, list]:
+    """What a fine-tuned net depends on beyond the optimiser settings."""
+    d, f = cfg.data, cfg.finetune
+    return {"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
+            "init": [f.init, f.float_checkpoint]}
+
+
+def _identity(cfg: Config, target: Target, dataset_size: int) -> tuple[str, dict]:
+    """The (fingerprint, full recipe) of ``target``'s training, as its checkpoint records them."""
+    fp = f"{fingerprint(cfg, *SUPERNET_SECTIONS)}-{target.arch.digest()}"
+    return fp, training_recipe(cfg.finetune, cfg.data.batch_size, cfg.seed, dataset_size, _recipe(cfg))
 
 
 def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: str) -> None:

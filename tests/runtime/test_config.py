@@ -92,3 +92,4 @@ def test_overrides_leave_the_callers_dict_alone():
     data = {"space": SPACE, "train": {"lr": 0.1}}
     assert load_config(data, ["train.lr=0.5", "space.tie=layer"]).train.lr == 0.5
     assert data == {"space": SPACE, "train": {"lr": 0.1}} and "tie" not in SPACE
+

@@ -1,3 +1,5 @@
+import pathlib
+
 import pytest
 import torch
 
@@ -78,3 +80,60 @@ def test_fashion_mnist_val_is_held_out_of_train():
     assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
     train = {bytes(x.numpy()) for x in splits.calib.images[:20000]}
     assert not any(bytes(x.numpy()) in train for x in splits.val.images[:2000])
+
+
+def _write_folder(root, images, labels, classes):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i, (img, y) in enumerate(zip(images, labels)):
+            Image.fromarray(img.squeeze(0).numpy()).save(root / split / classes[int(y)] / f"{i:04d}.png")
+
+
+def _folder_cfg(root, **data):
+    model = {"name": "resnet_small", "num_classes": 3, "in_channels": 1, "input_size": 12, "args": {"depth": 8}}
+    return load_config({"model": model, "space": {"weight_bits": [4], "act_bits": [4]},
+                        "data": {"dataset": "imagefolder", "root": str(root), "val_size": 4,
+                                 "mean": [0.5], "std": [0.25], **data}})
+
+
+def test_an_image_folder_loads_the_same_tensors_as_the_in_memory_path(tmp_path):
+    """Small images are neither resized nor cropped like ImageNet: evaluation tensors equal the
+    in-memory dataset's for the same pixels, and training crops keep the image size."""
+    from qspos.runtime.data import TensorImages
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 1, 12, 12), generator=g, dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    _write_folder(tmp_path, images, labels, ["a", "b", "c"])
+    cfg = _folder_cfg(tmp_path)
+    splits = load_splits(cfg.data, cfg.model)
+    reference = TensorImages(images, labels, (0.5,), (0.25,), augment=False)
+    for k, (path, _) in enumerate(splits.test.samples):  # ImageFolder's order: by class, then name
+        x, y = splits.test[k]
+        want, want_y = reference[int(pathlib.Path(path).stem)]
+        assert torch.equal(x, want) and y == want_y
+    assert splits.train[0][0].shape == (1, 12, 12) and len(splits.val) == 4 and len(splits.train) == 8
+    plain = load_splits(load_config(cfg, ["data.augment=false"]).data, cfg.model)
+    assert all(torch.equal(plain.train[i][0], plain.calib[i][0]) for i in range(4))  # augment honoured
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.num_classes=10", r"model.num_classes is 10, but .*train has 3 class folders \(a, b, c\)"),
+    ("model.in_channels=3", r"model.in_channels is 3, but the images in .*train have 1 channel"),
+])
+def test_an_image_folder_must_fit_the_model(tmp_path, override, message):
+    images = torch.zeros(6, 1, 12, 12, dtype=torch.uint8)
+    _write_folder(tmp_path, images, torch.arange(6) % 3, ["a", "b", "c"])
+    cfg = load_config(_folder_cfg(tmp_path, mean=None, std=None), [override])
+    with pytest.raises(QsposError, match=message):
+        load_splits(cfg.data, cfg.model)
+
+
+def test_an_image_folder_needs_train_and_val_trees(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    cfg = _folder_cfg(tmp_path)
+    with pytest.raises(QsposError, match="must hold train/ and val/"):
+        load_splits(cfg.data, cfg.model)

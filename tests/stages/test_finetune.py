@@ -173,3 +173,12 @@ def test_a_resumed_finetune_ends_with_the_tensors_of_an_uninterrupted_one(tmp_pa
     assert not differ, f"{len(differ)} of {len(a)} tensors differ: {differ[:5]}"
     fused = [type(m.tensor_quant).__name__ for m in resumed.modules() if hasattr(m, "tensor_quant")]
     assert fused == [type(m.tensor_quant).__name__ for m in whole.modules() if hasattr(m, "tensor_quant")]
+
+
+def test_resume_refuses_to_keep_nets_tuned_with_other_settings(tmp_path, perturb):
+    cfg, run_dir, arch = _finetune_cfg(tmp_path, perturb)
+    (done,) = finetune(cfg, run_dir, arch=arch)
+    with pytest.raises(QsposError, match="cannot resume .*train.pt: lr was 0.05, now 0.5"):
+        finetune(load_config(cfg, ["finetune.lr=0.5"]), run_dir, arch=arch, resume=True)
+    (again,) = finetune(cfg, run_dir, arch=arch, resume=True)  # the same settings: kept
+    assert again.to_dict() == done.to_dict()
