@@ -89,13 +89,16 @@ class Space:
             raise QsposError(f"arch does not match the space: missing {missing}, unknown {extra}")
         for p in self.points:
             c = arch[p.name]
-            if domain and not p.contains(c):
-                raise QsposError(f"arch[{p.name}] = {c.to_dict()} is not in its domain")
             if p.widths is None and c.width is not None:
                 raise QsposError(f"arch[{p.name}].width: this choice point has no width to choose, got {c.width:g}")
-            if p.widths is not None and (c.width is None or c.width > max(p.widths)):
-                raise QsposError(f"arch[{p.name}].width: {c.width} is outside the supernet's widths "
+            if p.widths is not None and c.width is None:
+                raise QsposError(f"arch[{p.name}].width: missing (the supernet's widths are "
+                                 f"{', '.join(f'{w:g}' for w in p.widths)})")
+            if p.widths is not None and c.width > max(p.widths):
+                raise QsposError(f"arch[{p.name}].width: {c.width:g} is beyond the supernet's widths "
                                  f"(up to {max(p.widths):g})")
+            if domain and not p.contains(c):
+                raise QsposError(f"arch[{p.name}] = {c.to_dict()} is not in its domain")
         return arch
 
     def uniform(self, w_bits: int, a_bits: int) -> Arch:

@@ -68,12 +68,17 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | P
     reinit = brevitas_config.REINIT_ON_STATE_DICT_LOAD
     brevitas_config.REINIT_ON_STATE_DICT_LOAD = False
     try:
-        model.load_state_dict(state)
+        keys = model.load_state_dict(state, strict=False)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0]
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [repr(e)])[0]
         raise QsposError(f"{source} does not fit this model: {why}") from None
     finally:
         brevitas_config.REINIT_ON_STATE_DICT_LOAD = reinit
+    if keys.missing_keys or keys.unexpected_keys:
+        parts = [f"{label} key(s) {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
+                 for label, found in (("missing", keys.missing_keys), ("unexpected", keys.unexpected_keys)) if found]
+        raise QsposError(f"{source} does not fit this model: {'; '.join(parts)}")
 
 
 def rng_state() -> dict:

@@ -33,7 +33,9 @@ from qspos.runtime.progress import MetricsLog, console, progress_bar
 # OptimConfig fields that do not change the trajectory (a resume may change them).
 _NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
 SINGLE = Dist()  # one process, no process group
-TRAIN_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "state", "summary")
+# what a resumable training checkpoint holds
+TRAIN_STATE_KEYS = ("fingerprint", "recipe", "model", "optimizer", "scheduler", "scaler", "rng", "step", "state",
+                    "summary")
 
 
 class Stateful(Protocol):
@@ -113,7 +115,7 @@ def fit(
     step, summary = 0, {"loss": math.nan, "top1": math.nan}
     ckpt = None
     if claim_checkpoint(path, resume).exists():
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, require=TRAIN_STATE_KEYS)
         _check_resumable(ckpt, path, fingerprint, full_recipe)
         load_model_state(model, ckpt["model"], path)  # before the optimiser: it holds these parameters
     model.to(device)
@@ -238,7 +240,7 @@ def training_recipe(optim: OptimConfig, batch_size: int, seed: int, dataset_size
 def check_finished(path: Path, fingerprint: str, recipe: dict[str, Any]) -> None:
     """Refuse to reuse a finished training (its checkpoint at ``path``) for another model or
     recipe: a resumed run must not keep results that its config no longer describes."""
-    _check_resumable(load_checkpoint(path), path, fingerprint, recipe)
+    _check_resumable(load_checkpoint(path, require=TRAIN_STATE_KEYS), path, fingerprint, recipe)
 
 
 def claim_checkpoint(path: Path, resume: bool) -> Path:
@@ -261,8 +263,6 @@ def _check_resumable(ckpt: dict, path: Path, fingerprint: str, recipe: dict) -> 
     if ckpt.get("fingerprint") != fingerprint:
         raise QsposError(f"{path} was written for another model/config (fingerprint "
                          f"{ckpt.get('fingerprint')} != {fingerprint}); choose another --out")
-    if "recipe" not in ckpt or any(k not in ckpt for k in TRAIN_STATE_KEYS):
-        raise QsposError(f"{path} is not a training checkpoint that can be resumed")
     old = ckpt["recipe"]
     for key in sorted(set(old) | set(recipe)):
         if old.get(key) != recipe.get(key):

@@ -21,8 +21,8 @@ from qspos.runtime.rundir import RunDir
 from qspos.stages.export import ExportResult, export, export_table
 from qspos.stages.finetune import FinetuneResult, finetune, results_table
 from qspos.stages.report import write_report
-from qspos.stages.search import SearchResult, search, state_fingerprint
-from qspos.stages.train import TrainResult, train_supernet
+from qspos.stages.search import SearchResult, require_budgets, search, state_fingerprint
+from qspos.stages.train import TrainResult, check_trained, train_supernet
 
 
 @dataclass
@@ -38,13 +38,16 @@ class RunResult:
 def run(cfg: Config, out: str | Path | RunDir | None = None, resume: bool = False) -> RunResult:
     """The whole pipeline of ``cfg`` into ``out`` (default ``runs/NAME``); see the module doc."""
     rd = RunDir.of(cfg, out)
+    require_budgets(cfg)  # the search would refuse an empty list, but only after the supernet is trained
+    devices = [pick_device(name) for name in (cfg.train.device, cfg.search.device, cfg.finetune.device)]
     if not resume:
         claim_run_dir(rd)
-    dist = init_distributed(pick_device(cfg.train.device))
+    dist = init_distributed(devices[0])
     dist.barrier()
 
     trained = None
     if resume and supernet_complete(rd.supernet):
+        check_trained(cfg, rd)
         _skip("train", rd.supernet)
     else:
         trained = train_supernet(cfg, rd, resume=resume)

@@ -37,11 +37,15 @@ from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, Se
 STATE_VERSION = 1
 
 
+def require_budgets(cfg: Config) -> None:
+    if not cfg.search.budgets:
+        raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
+
+
 def search_budgets(cfg: Config, supernet: Supernet) -> tuple[ArchMetrics, list[Budget]]:
     """The metrics and budgets of ``cfg.search``: refused unless at least one budget is given and
     every one is syntactically sound and achievable in the space (checked before training too)."""
-    if not cfg.search.budgets:
-        raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
+    require_budgets(cfg)
     latency = load_latency_table(cfg.search.latency_table) if cfg.search.latency_table else None
     metrics = ArchMetrics(CostModel(supernet, cfg.input_shape), latency)
     return metrics, parse_budgets(cfg.search.budgets, metrics)

@@ -24,7 +24,7 @@ from qspos.runtime.evaluate import CandidateEvaluator
 from qspos.runtime.optim import ActiveParts
 from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
 from qspos.runtime.sampler import make_sampler
-from qspos.runtime.trainer import FitResult, claim_checkpoint, fit
+from qspos.runtime.trainer import FitResult, check_finished, claim_checkpoint, fit, training_recipe
 from qspos.stages.search import search_budgets
 
 
@@ -50,11 +50,11 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         torch.cuda.set_device(device)
     dist = init_distributed(device)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.data, cfg.model)
     supernet = build_supernet(cfg).to(device)
     if cfg.search.budgets:  # a budget no arch can meet is refused now, not after hours of training
         search_budgets(cfg, supernet)
     sampler = make_sampler(cfg, supernet)
+    splits = load_splits(cfg.data, cfg.model)
     if not path.exists() and cfg.train.threshold_init_batches > 0:
         n = cfg.train.threshold_init_batches * cfg.data.batch_size
         init_act_thresholds(supernet, make_loader(Subset(splits.calib, range(min(n, len(splits.calib)))),
@@ -69,9 +69,7 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     result = fit(
         supernet, splits.train, cfg.train,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=path,
-        fingerprint=fingerprint(cfg, *SUPERNET_SECTIONS), resume=resume,
-        recipe={"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
-                "sampling": [cfg.train.sampling, cfg.train.sampling_budget, cfg.train.threshold_init_batches]},
+        fingerprint=fingerprint(cfg, *SUPERNET_SECTIONS), resume=resume, recipe=_recipe(cfg),
         before_step=before_step, state={"sampler": sampler}, metrics=metrics,
         dist=dist, device=device, workers=d.workers, desc="supernet",
         on_ready=(lambda: run.record_config(cfg)) if dist.main else None, progress_interval_s=cfg.log.interval_s,
@@ -88,3 +86,19 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         metrics.write(step=result.steps, val_top1_max=round(top_max, 5), val_top1_min=round(top_min, 5))
     dist.barrier()
     return TrainResult(result, top_max, top_min, supernet)
+
+
+def check_trained(cfg: Config, run_dir: str | Path | RunDir | None = None) -> None:
+    """Refuse to skip training on a finished ``supernet.pt`` that another model, space or
+    training recipe made (what ``qspos run --resume`` checks before it reuses one)."""
+    run = RunDir.of(cfg, run_dir)
+    n = len(load_splits(cfg.data, cfg.model).train)
+    recipe = training_recipe(cfg.train, cfg.data.batch_size, cfg.seed, n, _recipe(cfg))
+    check_finished(run.supernet, fingerprint(cfg, *SUPERNET_SECTIONS), recipe)
+
+
+def _recipe(cfg: Config) -> dict[str, list]:
+    """What a supernet's training depends on beyond the optimiser settings."""
+    d, t = cfg.data, cfg.train
+    return {"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
+            "sampling": [t.sampling, t.sampling_budget, t.threshold_init_batches]}
