@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except QsposError as e:
-        print(f"qspos: error: {e}", file=sys.stderr)
+        print(f"qspos: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return e.exit_code
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, _Terminated) else "interrupted"

@@ -33,9 +33,11 @@ class Choice:
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "choice") -> Choice:
+        if not isinstance(d, Mapping):
+            raise QsposError(f"{where}: expected a mapping like {{w_bits: 2, a_bits: 4, width: 1.0}}, got {d!r}")
         unknown = set(d) - {"w_bits", "a_bits", "width"}
         if unknown:
-            raise QsposError(f"{where}: unknown key(s) {sorted(unknown)}")
+            raise QsposError(f"{where}: unknown key(s) {sorted(map(repr, unknown))}")
         missing = [k for k in ("w_bits", "a_bits") if k not in d]
         if missing:
             raise QsposError(f"{where}: missing key {missing[0]!r}")

@@ -81,6 +81,13 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | P
         raise QsposError(f"{source} does not fit this model: {'; '.join(parts)}")
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (the states :func:`rng_state` saves)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states in a form ``weights_only`` loading accepts."""
     py = random.getstate()

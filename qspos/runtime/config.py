@@ -235,9 +235,9 @@ def _build(tp: Any, value: Any, key: str) -> Any:
             raise QsposError(f"{where}: expected a mapping, got {type(value).__name__}")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
+        unknown = sorted(set(value) - names, key=str)
         if unknown:
-            raise QsposError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
+            raise QsposError(f"{_join(key, _key_text(unknown[0]))}: unknown key (known: {', '.join(sorted(names))})")
         return tp(**{k: _build(hints[k], v, _join(key, k)) for k, v in value.items()})
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -283,6 +283,11 @@ def _build(tp: Any, value: Any, key: str) -> Any:
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _key_text(key: Any) -> str:
+    """A key as an error shows it: as written when it is plain text, else quoted (one line)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
 
 
 def _join(prefix: str, key: str) -> str:

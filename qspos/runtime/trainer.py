@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from qspos.errors import QsposError
-from qspos.runtime.checkpoint import atomic_save, load_checkpoint, load_model_state, rng_state, set_rng_state
+from qspos.runtime.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from qspos.runtime.config import OptimConfig
 from qspos.runtime.data import make_loader
 from qspos.runtime.distributed import Dist
@@ -138,8 +145,8 @@ def fit(
         step, summary = ckpt["step"], ckpt["summary"]
         if dist.main:
             console.print(f"resuming {path} at step {step}/{total}")
-    else:
-        torch.manual_seed(seed + dist.rank)
+    else:  # every global RNG: augmentation in a user's dataset may draw from any of them
+        seed_everything(seed + dist.rank)
     if on_ready is not None:
         on_ready()
 

@@ -10,7 +10,7 @@ from qspos.runtime.checkpoint import python_rng_state, set_python_rng_state
 from qspos.runtime.config import OptimConfig
 from qspos.runtime.distributed import Dist
 from qspos.runtime.optim import MaskedSGD, lr_factor, param_groups
-from qspos.runtime.trainer import epoch_order, fit
+from qspos.runtime.trainer import DivergedError, epoch_order, fit
 
 
 def _net():
@@ -160,3 +160,28 @@ def test_resume_refuses_another_recipe_or_model(tmp_path):
 def test_batch_larger_than_the_data_is_an_error(tmp_path):
     with pytest.raises(QsposError, match="larger than the training split"):
         fit(_net(), _data(8), _optim(), batch_size=16, seed=0, checkpoint=tmp_path / "x.pt", fingerprint="f")
+
+
+class _PoisonedAt(_Noisy):
+    """Hands out a non-finite image as the first item of step ``step`` (0-based, batch 16)."""
+
+    def __init__(self, data, step, value):
+        super().__init__(*data.tensors)
+        self.calls, self.at, self.value = 0, 16 * step, value
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        self.calls += 1
+        return (torch.full_like(x, self.value) if self.calls - 1 == self.at else x), y
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, bad):
+    """Step 6 sees a non-finite image, so its loss is not finite; the log at step 6 stops
+    training before the step-8 checkpoint could take in the poisoned weights."""
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(DivergedError, match=r"train: training diverged at step 6 \(the loss is not finite\)"):
+        fit(_net(), _PoisonedAt(_data(), 5, bad), _optim(log_every=1), batch_size=16, seed=0, checkpoint=ckpt,
+            fingerprint="f")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
