@@ -21,6 +21,17 @@ FAKE_QUANT_BACKENDS: dict[str, Callable] = {
 }
 
 
+def best_backend(device_type: str) -> str:
+    """The fastest backend with these exact numerics for eager training on a device type.
+
+    On the CPU, ``fused`` (benchmarks/results/quant_kernels*.md: 4 passes forward, 3 backward,
+    against Brevitas' ops). On CUDA, ``reference``: ``fused`` reads each call's bit-width and
+    clip bounds back to the host, one synchronisation per quantizer call.
+    ``compiled`` pays off only inside ``torch.compile``, which asks for it explicitly.
+    """
+    return "reference" if device_type == "cuda" else "fused"
+
+
 def fake_quant_impl(backend: str) -> Callable:
     """The fake-quantization function of a backend (same signature as :func:`fake_quant`)."""
     try:
@@ -31,6 +42,7 @@ def fake_quant_impl(backend: str) -> Callable:
 
 __all__ = [
     "FAKE_QUANT_BACKENDS",
+    "best_backend",
     "fake_quant",
     "fake_quant_compiled",
     "fake_quant_fused",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from qspos.core.arch import Arch
@@ -15,11 +16,21 @@ from qspos.errors import QsposError
 from qspos.models import create_model
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
 from qspos.runtime.config import Config
+from qspos.runtime.distributed import pick_device
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
+from quant_kernels import best_backend
 
 
-def build_supernet(cfg: Config) -> Supernet:
-    """The supernet of a config: its backbone at the space's largest width multiplier.
+def quant_backend(cfg: Config, device: torch.device | str | None = None) -> str:
+    """``quant.backend``, with ``auto`` resolved for ``device`` (default: the training device)."""
+    if cfg.quant.backend != "auto":
+        return cfg.quant.backend
+    return best_backend(torch.device(device).type if device is not None else pick_device(cfg.train.device).type)
+
+
+def build_supernet(cfg: Config, device: torch.device | str | None = None) -> Supernet:
+    """The supernet of a config: its backbone at the space's largest width multiplier, with the
+    quant backend for ``device`` (see :func:`quant_backend`).
 
     A string ``model.args.weights`` names a local float state-dict file, loaded here and handed
     to the model's factory (nothing is downloaded).
@@ -35,11 +46,12 @@ def build_supernet(cfg: Config) -> Supernet:
         **args,
     )
     supernet = Supernet(net, cfg.space)
-    supernet.set_quant_backend(cfg.quant.backend)
+    supernet.set_quant_backend(quant_backend(cfg, device))
     return supernet
 
 
-def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True) -> Supernet:
+def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True,
+                  device: torch.device | str | None = None) -> Supernet:
     """A supernet of ``cfg`` with the weights of a training checkpoint (``supernet.pt``).
 
     Refuses a checkpoint whose model/space differ from the config, or (by default) one whose
@@ -51,9 +63,9 @@ def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True) 
         raise QsposError(f"{path} was trained with another model/space config than this one")
     if require_complete and not state.get("complete", False):
         raise QsposError(f"{path} is an unfinished training checkpoint; finish it with 'qspos train --resume'")
-    supernet = build_supernet(cfg)
+    supernet = build_supernet(cfg, device)
     load_model_state(supernet, state["model"], path)
-    return supernet
+    return supernet.to(device) if device is not None else supernet
 
 
 def load_finetuned(cfg: Config, path: str | Path) -> tuple[nn.Module, Arch]:

@@ -52,8 +52,9 @@ class SpaceConfig:
 
 @dataclass
 class QuantConfig:
-    # the quant_kernels backend: fused (same values as reference, faster on CPU) | reference | compiled
-    backend: Literal["fused", "reference", "compiled"] = "fused"
+    # the quant_kernels backend, all with the same values: auto (the fastest for the device: fused
+    # on CPU, reference on CUDA) | fused | reference | compiled
+    backend: Literal["auto", "fused", "reference", "compiled"] = "auto"
 
 
 @dataclass

@@ -78,7 +78,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | 
         if arch is None:
             raise QsposError(f"{path} is not a fine-tuned net (no arch inside): give the arch "
                              "to evaluate on this supernet with --arch")
-        supernet = load_supernet(cfg, path, require_complete=False).to(device)
+        supernet = load_supernet(cfg, path, require_complete=False, device=device)
         model, kind = supernet.extract(supernet.space.validate(arch)), "supernet"
         recalibrate_bn(model, calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size), device)
     top1, top5 = split_accuracy(model.to(device), splits.test, d.eval_batch_size, d.workers, device)

@@ -25,7 +25,7 @@ from qspos.core.cost import CostModel
 from qspos.core.space import Space
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.build import build_supernet, load_supernet, quant_backend
 from qspos.runtime.checkpoint import atomic_save, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.data import DataSplits, calibration_loader, load_splits
@@ -142,15 +142,15 @@ def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any
     run = RunDir.of(cfg, run_dir)
     init = cfg.finetune.init
     if init == "supernet":
-        supernet = load_supernet(cfg, run.supernet).to(device)
+        supernet = load_supernet(cfg, run.supernet, device=device)
     else:  # fresh weights (or the float model's); thresholds from them and from the data
         torch.manual_seed(cfg.seed)
-        supernet = build_supernet(cfg).to(device)
+        supernet = build_supernet(cfg, device).to(device)
         if init == "float":
             load_float_weights(supernet, cfg.finetune.float_checkpoint)
         init_act_thresholds(supernet, calib, device)
     model = supernet.extract(arch)
-    if cfg.quant.backend != "reference":  # same values, fewer passes: the fused tensor_quant
+    if quant_backend(cfg, device) != "reference":  # same values, fewer passes: the fused tensor_quant
         set_fused_kernels(model)
     recalibrate_bn(model, calib, device)
     return model

@@ -79,7 +79,7 @@ class _Search:
             raise QsposError(
                 f"{self.state_path} holds an earlier search: pass --resume to continue it, or use another --out"
             )
-        supernet = load_supernet(cfg, ckpt).to(self.device)
+        supernet = load_supernet(cfg, ckpt, device=self.device)
         self.space = supernet.space
         self.metrics, self.budgets = search_budgets(cfg, supernet)
         self.cost_model = self.metrics.cost_model

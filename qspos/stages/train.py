@@ -16,12 +16,13 @@ from torch.utils.data import Subset
 
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.supernet import Supernet
-from qspos.runtime.build import build_supernet
+from qspos.runtime.build import build_supernet, quant_backend
 from qspos.runtime.config import Config
 from qspos.runtime.data import calibration_loader, load_splits, make_loader
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.evaluate import CandidateEvaluator
 from qspos.runtime.optim import ActiveParts
+from qspos.runtime.progress import console
 from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
 from qspos.runtime.sampler import make_sampler
 from qspos.runtime.trainer import FitResult, check_finished, claim_checkpoint, fit, training_recipe
@@ -50,7 +51,10 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         torch.cuda.set_device(device)
     dist = init_distributed(device)
     torch.manual_seed(cfg.seed)
-    supernet = build_supernet(cfg).to(device)
+    supernet = build_supernet(cfg, device).to(device)
+    if dist.main:
+        auto = f" (auto for {device.type})" if cfg.quant.backend == "auto" else ""
+        console.print(f"quant backend: {quant_backend(cfg, device)}{auto}")
     if cfg.search.budgets:  # a budget no arch can meet is refused now, not after hours of training
         search_budgets(cfg, supernet)
     sampler = make_sampler(cfg, supernet)

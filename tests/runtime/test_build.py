@@ -33,3 +33,15 @@ def test_load_supernet_round_trip_and_refusals(small_cfg, tmp_path, perturb):
         load_supernet(other, path, require_complete=False)
     with pytest.raises(QsposError, match="not found"):
         load_supernet(small_cfg, tmp_path / "missing.pt")
+
+
+def test_the_auto_quant_backend_is_the_fastest_for_the_device(small_cfg):
+    assert small_cfg.quant.backend == "auto"
+    from qspos.runtime.build import quant_backend
+
+    assert quant_backend(small_cfg, "cpu") == "fused" and quant_backend(small_cfg, "cuda") == "reference"
+    assert quant_backend(load_config(small_cfg, ["quant.backend=compiled"]), "cuda") == "compiled"
+    layer = next(m for _, m in build_supernet(small_cfg, "cpu").layer_items())
+    assert layer.weight_quant.backend == layer.input_quant.backend == "fused"
+    layer = next(m for _, m in build_supernet(small_cfg, "cuda").layer_items())  # built on the CPU, for CUDA
+    assert layer.weight_quant.backend == "reference"
