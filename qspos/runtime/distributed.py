@@ -16,10 +16,13 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group exists (every torchrun job has one, a single process too)
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        """Use the collectives (DDP, gathers): under torchrun, even with one process, so that a
+        one-GPU job runs the same NCCL path as a multi-GPU one."""
+        return self.group
 
     @property
     def main(self) -> bool:
@@ -32,12 +35,11 @@ class Dist:
 
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group torchrun describes in the environment; a no-op outside torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group=True)
 
 
 def pick_device(name: str = "auto") -> torch.device:
