@@ -98,6 +98,9 @@ class SearchableLayer(nn.Module):
     """
 
     weight: nn.Parameter
+    # Max-width compute for torch.compile: the full weights, inactive output channels zeroed by a
+    # mask built from the buffers. Every path then has the same shapes, so one graph serves all.
+    masked = False
 
     def __init__(self, ref: nn.Conv2d | nn.Linear, in_max: int, out_max: int, input_signed: bool):
         super().__init__()
@@ -158,6 +161,18 @@ class SearchableLayer(nn.Module):
         """The bias of the active output channels (None without bias)."""
         return None if self.bias is None else self.bias[: self.n_out]
 
+    def _compute_weight(self) -> Tensor:
+        """What forward multiplies with: the active slice, or the whole weight when masked."""
+        return self.weight if self.masked else self.active_weight()
+
+    def _compute_bias(self) -> Tensor | None:
+        return self.bias if self.masked else self.active_bias()
+
+    def _out_mask(self, y: Tensor) -> Tensor:
+        """``y`` with the output channels beyond the active count zeroed (masked mode)."""
+        keep = torch.arange(self.out_max, device=y.device) < self.out_active
+        return y * keep.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
+
     def active_slices(self) -> dict[nn.Parameter, tuple]:
         """Index of the part of each parameter the active setting uses (the optimiser leaves
         the rest alone): the active channels of weight and bias, the active threshold rows."""
@@ -173,10 +188,11 @@ class SearchableLayer(nn.Module):
         return parts
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.active_weight()
+        w = self._compute_weight()
         xq = self.input_quant(x)
         wq = self.weight_quant(w, w.shape[0])
-        return self._op(xq, wq)
+        y = self._op(xq, wq)
+        return self._out_mask(y) if self.masked else y
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
         raise NotImplementedError
@@ -238,14 +254,16 @@ class SearchableConv2d(SearchableLayer):
         q = self.input_quant
         if q.quantized and not x.requires_grad and q.threshold.requires_grad and torch.is_grad_enabled():
             # the network input: its threshold's gradient without the conv's input gradient
-            w = self.active_weight()
-            return conv2d_quantized_input(x, *q.active_args(x), fake_quant_impl(q.backend),
-                                          self.weight_quant(w, w.shape[0]), *self._conv_args())
+            w = self._compute_weight()
+            y = conv2d_quantized_input(x, *q.active_args(x), fake_quant_impl(q.backend),
+                                       self.weight_quant(w, w.shape[0]), *self._conv_args())
+            return self._out_mask(y) if self.masked else y
         return super().forward(x)
 
     def _conv_args(self) -> tuple:
         """bias, stride, padding, dilation, groups of ``F.conv2d`` for the active setting."""
-        return self.active_bias(), self.stride, self.padding, (1, 1), self.n_out if self.depthwise else 1
+        groups = (self.out_max if self.masked else self.n_out) if self.depthwise else 1
+        return self._compute_bias(), self.stride, self.padding, (1, 1), groups
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
         return F.conv2d(x, w, *self._conv_args())
@@ -277,7 +295,7 @@ class SearchableLinear(SearchableLayer):
         return self.weight[: self.n_out, : self.n_in]
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        return F.linear(x, w, self.active_bias())
+        return F.linear(x, w, self._compute_bias())
 
     @torch.no_grad()
     def to_static(self) -> QuantLinear:
@@ -290,7 +308,13 @@ class SearchableLinear(SearchableLayer):
 
 
 class SlicedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm at max width that normalises the first k channels (statistics shared)."""
+    """BatchNorm at max width that normalises the first k channels (statistics shared).
+
+    Masked (see ``SearchableLayer.masked``), it normalises every channel, zeroes the inactive
+    ones and keeps their running statistics unchanged, as the sliced form does.
+    """
+
+    masked = False
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
         super().__init__(num_features, eps, momentum)
@@ -305,6 +329,8 @@ class SlicedBatchNorm2d(nn.BatchNorm2d):
         return {self.weight: c, self.bias: c}
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.masked:
+            return self._masked_forward(x)
         c = x.shape[1]
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -316,6 +342,24 @@ class SlicedBatchNorm2d(nn.BatchNorm2d):
             x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
             use_batch_stats, factor, self.eps,
         )
+
+    def _masked_forward(self, x: Tensor) -> Tensor:
+        keep = torch.arange(self.num_features, device=x.device) < self.num_active
+        updating = self.training and self.track_running_stats
+        if updating:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        else:
+            factor = 0.0
+        # batch_norm updates copies; only the active channels' statistics are taken back
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        y = F.batch_norm(x, mean, var, self.weight, self.bias, self.training or not self.track_running_stats,
+                         factor, self.eps)
+        if updating:
+            with torch.no_grad():
+                self.running_mean.copy_(torch.where(keep, mean, self.running_mean))
+                self.running_var.copy_(torch.where(keep, var, self.running_var))
+        return y * keep.view(1, -1, 1, 1).to(y.dtype)
 
     @torch.no_grad()
     def to_static(self) -> nn.BatchNorm2d:

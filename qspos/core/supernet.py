@@ -115,6 +115,13 @@ class Supernet(nn.Module):
                 parts.update(m.active_slices())
         return parts
 
+    def set_masked(self, masked: bool) -> None:
+        """Max-width compute with channel masks (for ``torch.compile``: one graph for every path)
+        or the default sliced compute; both give the same values up to float summation order."""
+        for m in self.net.modules():
+            if isinstance(m, (SearchableLayer, SlicedBatchNorm2d)):
+                m.masked = masked
+
     def set_quant_backend(self, backend: str) -> None:
         for _, layer in self.layer_items():
             layer.weight_quant.backend = layer.input_quant.backend = backend

@@ -21,10 +21,13 @@ from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 from quant_kernels import best_backend
 
 
-def quant_backend(cfg: Config, device: torch.device | str | None = None) -> str:
-    """``quant.backend``, with ``auto`` resolved for ``device`` (default: the training device)."""
+def quant_backend(cfg: Config, device: torch.device | str | None = None, compiled: bool = False) -> str:
+    """``quant.backend``, with ``auto`` resolved for ``device`` (default: the training device);
+    ``compiled`` when the step is compiled (the kernels inductor can trace)."""
     if cfg.quant.backend != "auto":
         return cfg.quant.backend
+    if compiled:
+        return "compiled"
     return best_backend(torch.device(device).type if device is not None else pick_device(cfg.train.device).type)
 
 

@@ -100,6 +100,9 @@ class TrainConfig(OptimConfig):
     sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
     sampling_budget: dict[str, Any] = field(default_factory=dict)
     threshold_init_batches: int = 4
+    # torch.compile the training step: max-width compute with channel masks, one graph for every
+    # path (quant.backend auto then means compiled)
+    compile: bool = False
 
 
 @dataclass

@@ -81,6 +81,7 @@ def fit(
     desc: str = "train",
     on_ready: Callable[[], None] | None = None,
     progress_interval_s: float = 30.0,
+    compile_model: bool = False,
 ) -> FitResult:
     """Train ``model`` (classification, cross-entropy) on ``dataset`` as ``optim`` says.
 
@@ -101,6 +102,8 @@ def fit(
     - ``on_ready()`` runs once every input is accepted (a resumed checkpoint included), before
       the first step: e.g. to record the config the run now goes on with.
     - ``progress_interval_s``: seconds between plain progress lines outside a terminal.
+    - ``compile_model``: run the forward under ``torch.compile`` (the caller makes the model's
+      shapes path-independent, e.g. ``Supernet.set_masked``).
     AMP (float16) and channels_last are used on CUDA only, as ``optim.amp/channels_last`` say.
     """
     device = torch.device(device)
@@ -168,6 +171,8 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if cuda else None, static_graph=True
         )
+    if compile_model:
+        net = torch.compile(net)
     criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     n_epochs = math.ceil(total / steps_per_epoch)
     local_batch = batch_size // dist.world

@@ -52,9 +52,13 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     dist = init_distributed(device)
     torch.manual_seed(cfg.seed)
     supernet = build_supernet(cfg, device).to(device)
+    backend = quant_backend(cfg, device, compiled=cfg.train.compile)
+    supernet.set_quant_backend(backend)
+    supernet.set_masked(cfg.train.compile)  # one graph for every path under torch.compile
     if dist.main:
-        auto = f" (auto for {device.type})" if cfg.quant.backend == "auto" else ""
-        console.print(f"quant backend: {quant_backend(cfg, device)}{auto}")
+        how = f"auto for {device.type}" if cfg.quant.backend == "auto" else "quant.backend"
+        step = "; torch.compile, max width with channel masks" if cfg.train.compile else ""
+        console.print(f"quant backend: {backend} ({how}){step}")
     if cfg.search.budgets:  # a budget no arch can meet is refused now, not after hours of training
         search_budgets(cfg, supernet)
     sampler = make_sampler(cfg, supernet)
@@ -77,7 +81,11 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         before_step=before_step, state={"sampler": sampler}, metrics=metrics,
         dist=dist, device=device, workers=d.workers, desc="supernet",
         on_ready=(lambda: run.record_config(cfg)) if dist.main else None, progress_interval_s=cfg.log.interval_s,
+        compile_model=cfg.train.compile,
     )
+    if cfg.train.compile:  # evaluation runs eagerly: the sliced (cheaper) compute, eager kernels
+        supernet.set_masked(False)
+        supernet.set_quant_backend(quant_backend(cfg, device))
     top_max = top_min = None
     if dist.main and len(splits.val):
         calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size)

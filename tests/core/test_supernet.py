@@ -1,3 +1,4 @@
+import copy
 import random
 
 import pytest
@@ -151,3 +152,36 @@ def test_a_layer_in_no_block_is_an_error(small_cfg):
 def test_a_module_without_the_backbone_protocol_is_refused(small_cfg):
     with pytest.raises(QsposError, match="Sequential is not a supernet backbone: it needs search_blocks"):
         Supernet(torch.nn.Sequential(), small_cfg.space)
+
+
+def test_masked_compute_equals_the_sliced_path(small_cfg, perturb):
+    """Max-width compute with channel masks (what torch.compile trains) gives every path the
+    values, BN statistics and gradients of the sliced compute, up to float summation order."""
+    import random
+
+    torch.manual_seed(0)
+    sliced = perturb(build_supernet(small_cfg, "cpu")).train()
+    masked = copy.deepcopy(sliced)
+    masked.set_masked(True)
+    x = torch.randn(8, 1, 16, 16)
+    rng = random.Random(0)
+    for _ in range(6):
+        arch = sliced.space.sample(rng)
+        for net in (sliced, masked):
+            net.set_arch(arch)
+            net.zero_grad()
+            net(x).square().mean().backward()
+        torch.testing.assert_close(masked(x), sliced(x), rtol=1e-4, atol=1e-5)
+        for (name, a), b in zip(sliced.named_buffers(), masked.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        parts = sliced.active_slices()
+        for (name, p), q in zip(sliced.named_parameters(), masked.parameters()):
+            grad_p = torch.zeros_like(p) if p.grad is None else p.grad
+            grad_q = torch.zeros_like(q) if q.grad is None else q.grad
+            index = parts.get(p, (...,))
+            torch.testing.assert_close(grad_q[index], grad_p[index], rtol=1e-3, atol=1e-6, msg=name)
+            outside = torch.ones_like(grad_q, dtype=torch.bool)
+            outside[index] = False
+            assert not grad_q[outside].any(), f"{name}: gradient outside the active path"
+    masked.set_masked(False)
+    assert isinstance(masked.extract(arch).layer1[0].conv1, torch.nn.Module)
