@@ -166,3 +166,25 @@ def test_divergence_stops_training_and_no_checkpoint_holds_non_finite_weights(tm
         state = torch.load(ckpt, weights_only=True)
         assert not state["complete"]
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow  # one torch.compile of the tiny supernet: about half a minute on 2 cores
+def test_compiled_training_compiles_once_for_every_path(tmp_path, monkeypatch):
+    import torch._dynamo
+
+    from qspos.runtime.sampler import PathSampler
+
+    torch._dynamo.reset()
+    graphs, draw = [], PathSampler.__call__
+
+    def counted(sampler):  # before each step: the graphs compiled so far
+        graphs.append(int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+        return draw(sampler)
+
+    monkeypatch.setattr(PathSampler, "__call__", counted)
+    res = train_supernet(train_config("train.compile=true", "train.max_steps=12"), tmp_path)
+    assert res.fit.steps == 12 and 0 <= res.val_top1_max <= 1
+    assert len(set(graphs[1:])) == 1 and graphs[1] > 0, graphs  # compiled in step 1, never again
+    state = torch.load(tmp_path / "supernet.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["recipe"]["compile"] is True  # a resume must not switch it
