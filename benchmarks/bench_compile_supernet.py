@@ -23,7 +23,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import torch._dynamo
 import torch._inductor.config
-from bench_cost import machine
+from bench_cost import git_commit, machine
 from torch import nn
 
 from qspos.core.supernet import Supernet
@@ -127,7 +126,7 @@ def main() -> None:
     for o in options.values():
         o["x_float_eager"] = round(o["median_step_ms"] / ref, 3) if o["median_step_ms"] is not None else None
     masked = options["compile, masked"]
-    out = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "machine": machine(),
+    out = {"command": " ".join(["python", *sys.argv]), "commit": git_commit(), "machine": machine(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "wall_seconds": round(time.perf_counter() - t0, 1), "config": args.config, "batch": args.batch,
            "threads": torch.get_num_threads(), "target": TARGET, "options": options,
@@ -153,9 +152,6 @@ def main() -> None:
     (RESULTS / "compile_supernet.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

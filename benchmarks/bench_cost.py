@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -50,6 +51,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The short commit the results come from (None outside a git checkout)."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
 
 
 def machine() -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_cost import machine
+from bench_cost import git_commit, machine
 from PIL import Image
 
 import qspos
@@ -76,7 +75,7 @@ def main() -> None:
             rows.append({"source": name, "val_top1_max": res.val_top1_max, "val_top1_min": res.val_top1_min,
                          "se_max": se(res.val_top1_max, n), "se_min": se(res.val_top1_min, n), "val_images": n,
                          "train_images": len(splits.train), "train_seconds": round(time.perf_counter() - t, 1)})
-    out = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "machine": machine(),
+    out = {"command": " ".join(["python", *sys.argv]), "commit": git_commit(), "machine": machine(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "wall_seconds": round(time.perf_counter() - t0, 1), "config": "configs/quickstart.yaml", "rows": rows}
     RESULTS.mkdir(exist_ok=True)
@@ -94,9 +93,6 @@ def main() -> None:
     (RESULTS / "imagefolder.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_cost import machine
+from bench_cost import git_commit, machine
 
 import qspos
 from qspos.runtime.rundir import RunDir
@@ -62,7 +62,8 @@ def main() -> None:
     result = {
         "config": args.config, "run_dir": str(run_dir), "stage_seconds": times, "total_seconds": total,
         "finetuned": [n.to_dict() for n in nets], "exports": [e.to_dict() for e in exports],
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "machine": machine_info,
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "commit": git_commit(),
+        "machine": machine_info,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,8 @@ def main() -> None:
     rows = "\n".join(f"| {k} | {v} |" for k, v in times.items())
     (RESULTS / f"pipeline_{name}.md").write_text(
         f"# Pipeline on `{args.config}`: {total} s wall time\n\n| stage | seconds |\n| --- | ---: |\n{rows}\n\n"
-        f"- command: `{result['command']}`\n- machine: {machine_info}\n- date: {result['date']}\n\n"
+        f"- command: `{result['command']}` at commit `{result['commit']}`\n- machine: {machine_info}\n"
+        f"- date: {result['date']}\n\n"
         + "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines()) + "\n"
     )
     print(json.dumps({"stage_seconds": times, "total_seconds": total}, indent=2))

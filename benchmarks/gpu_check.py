@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from bench_cost import machine
+from bench_cost import git_commit, machine
 from torch import nn
 
 from qspos.core.arch import Arch
@@ -563,17 +563,6 @@ def summary(section: dict[str, Any]) -> str:
     if "skipped" in section:
         return f"skipped: {section['skipped']}"
     return f"ok ({section['seconds']} s)" if "seconds" in section else "ok"
-
-
-def git_commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if res.returncode != 0:
-        return None
-    return res.stdout.strip() or None
 
 
 def attempt(fn: Callable[[], Any]) -> Any:
