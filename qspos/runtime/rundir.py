@@ -107,6 +107,11 @@ class RunDir:
         return self.path / self.REPORT
 
     @property
+    def report_plot(self) -> Path:
+        """The report's accuracy-against-BitOps plot (supernet and fine-tuned points, budgets)."""
+        return self.path / "pareto.png"
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / self.TENSORBOARD
 

@@ -71,6 +71,8 @@ class FinetuneResult:
     size_bits: int
     steps: int
     train_seconds: float
+    val_images: int | None = None  # the sizes of the splits the accuracies were measured on
+    test_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return result_record(self, dir=str(self.dir))
@@ -238,7 +240,8 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
         result = FinetuneResult(
             name=target.name, arch=target.arch, dir=net.path, init=f.init, search_val_top1=target.search_val_top1,
             val_top1_before=val_before, val_top1=val1, val_top5=val5, test_top1=test1, test_top5=test5,
-            steps=res.steps, train_seconds=round(res.seconds, 1), **cost,
+            steps=res.steps, train_seconds=round(res.seconds, 1), val_images=len(splits.val),
+            test_images=len(splits.test), **cost,
         )
         save_finetuned(net, model, target, supernet_fp)
         write_json(net.result, result.to_dict())

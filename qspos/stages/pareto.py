@@ -30,9 +30,13 @@ def pareto_markdown(front: Sequence[ParetoPoint]) -> str:
 
 
 def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence[ParetoPoint],
-                marks: Sequence[tuple[str, float, float]] = ()) -> None:
-    """Scatter of every evaluated arch, the front as a step line, and labelled marks
-    (``(label, bitops, val_top1)``: each budget's best and uniform baselines)."""
+                marks: Sequence[tuple[str, float, float]] = (),
+                finetuned: Sequence[tuple[str, float, float, float]] = (),
+                limits: Sequence[tuple[str, float]] = ()) -> None:
+    """Scatter of every evaluated arch (supernet val top-1), the front as a step line, labelled
+    marks (``(label, bitops, val_top1)``: each budget's best and uniform baselines), fine-tuned
+    nets (``(label, bitops, test_top1, standard error)``) with error bars, and budgets as
+    vertical lines (``(name, bitops bound)``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +50,17 @@ def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence
     for label, bitops, top1 in marks:
         ax.scatter([bitops / 1e9], [100 * top1], marker="*" if "uniform" not in label else "x", s=60, zorder=3)
         ax.annotate(label, (bitops / 1e9, 100 * top1), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for i, (label, bitops, top1, se) in enumerate(finetuned):
+        ax.errorbar([bitops / 1e9], [100 * top1], yerr=[100 * se], fmt="o", c="tab:blue", ms=5, capsize=3,
+                    zorder=4, label="fine-tuned (test ± SE)" if i == 0 else None)
+        ax.annotate(label, (bitops / 1e9, 100 * top1), textcoords="offset points", xytext=(4, -10), fontsize=8,
+                    color="tab:blue")
+    for i, (name, bound) in enumerate(limits):
+        ax.axvline(bound / 1e9, ls="--", lw=0.8, c="0.4", label="budgets (BitOps bound)" if i == 0 else None)
+        ax.annotate(name, (bound / 1e9, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
+                    color="0.4", xytext=(2, 0), textcoords="offset points")
     ax.set_xlabel("BitOps (G)")
-    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylabel("top-1 (%): supernet val, fine-tuned test" if finetuned else "val top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -9,6 +9,7 @@ best of the random search), with the Pareto plot of the search embedded.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from qspos.core.cost import CostModel
@@ -16,14 +17,17 @@ from qspos.runtime.build import build_supernet
 from qspos.runtime.files import write_text
 from qspos.runtime.progress import read_metrics
 from qspos.runtime.rundir import RunDir
+from qspos.stages.pareto import pareto_plot
 from qspos.stages.search import choice_text
 from qspos.stages.search_results import SearchResult
 
 
 def write_report(run_dir: str | Path | RunDir) -> Path:
-    """(Re)write ``run_dir/report.md`` from the run's outputs; returns its path."""
+    """(Re)write ``run_dir/report.md`` (and its plot) from the run's outputs; returns its path."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     write_text(run.report, render_report(run))
+    if run.search_results.is_file():
+        _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()))
     return run.report
 
 
@@ -33,9 +37,11 @@ def render_report(run: RunDir) -> str:
     exported = _read_all(run.export_summaries())
     out = [f"# qspos report: {cfg.name}", "",
            f"Model `{cfg.model.name}` {cfg.model.args or ''} on `{cfg.data.dataset}`; "
-           f"fine-tuning init `{cfg.finetune.init}`. Accuracies in %, BitOps in M, weights in KiB. "
-           "*val* is the split held out of the training data (the search's), *test* the test split.", ""]
-    out += _supernet_section(run.metrics)
+           f"fine-tuning init `{cfg.finetune.init}`. Accuracies in % ± their binomial standard error, BitOps "
+           "in M, weights in KiB. *val* is the split held out of the training data (the search's), *test* the "
+           "test split.", ""]
+    n_val = cfg.data.val_size if cfg.search.val_images is None else min(cfg.search.val_images, cfg.data.val_size)
+    out += _supernet_section(run.metrics, n_val)
     budgets: set[str] = set()
     if run.search_results.is_file():
         search = SearchResult.load(run.search_results)
@@ -44,21 +50,25 @@ def render_report(run: RunDir) -> str:
         out += _budget_section(search, finetuned, costs)
         out += _arch_section(search)
         out += [f"## Search: Pareto front ({search.evaluations} archs evaluated)", "",
-                "![val top-1 against BitOps of every evaluated arch](search/pareto.png)", "",
-                "Table: [search/pareto.md](search/pareto.md).", ""]
+                f"![top-1 against BitOps]({run.report_plot.name})", "",
+                "The front of the supernet's val top-1 (line), each budget's searched and uniform nets "
+                "(stars, crosses), the fine-tuned nets' test top-1 ± SE (dots), and the budgets' BitOps bounds "
+                "(dashed). Every evaluated arch: [search/pareto.png](search/pareto.png); the front as a table: "
+                "[search/pareto.md](search/pareto.md).", ""]
     extra = [r for name, r in finetuned.items() if name.removesuffix("-uniform") not in budgets]
     if extra:
         out += ["## Other fine-tuned nets", "", "| net | BitOps | weights | val before | val | test |",
                 "|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {r['name']} | {_m(r['bitops'])} | {_kib(r['size_bits'])} | {_p(r['val_top1_before'])} "
-                f"| {_p(r['val_top1'])} | {_p(r['test_top1'])} |" for r in extra]
+        out += [f"| {r['name']} | {_m(r['bitops'])} | {_kib(r['size_bits'])} "
+                f"| {_p(r['val_top1_before'], r.get('val_images'))} | {_p(r['val_top1'], r.get('val_images'))} "
+                f"| {_p(r['test_top1'], r.get('test_images'))} |" for r in extra]
         out.append("")
     if exported:
         out += _export_section(exported)
     return "\n".join(out)
 
 
-def _supernet_section(metrics: Path) -> list[str]:
+def _supernet_section(metrics: Path, n_val: int) -> list[str]:
     rows = [r for r in read_metrics(metrics) if r.get("stage") == "train"]
     vals = [r for r in rows if "val_top1_max" in r]
     if not rows:
@@ -69,8 +79,8 @@ def _supernet_section(metrics: Path) -> list[str]:
         lines.append(f"- {last[-1]['step']} steps ({last[-1].get('epoch', '?')} epochs); last training loss "
                      f"{last[-1]['loss']:.3f}, train top-1 {_p(last[-1]['top1'])} (sampled paths)")
     if vals:
-        lines.append(f"- val top-1 after BN recalibration: largest path {_p(vals[-1]['val_top1_max'])}, "
-                     f"smallest path {_p(vals[-1]['val_top1_min'])}")
+        lines.append(f"- val top-1 after BN recalibration: largest path {_p(vals[-1]['val_top1_max'], n_val)}, "
+                     f"smallest path {_p(vals[-1]['val_top1_min'], n_val)}")
     return lines + [""]
 
 
@@ -80,21 +90,22 @@ def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: Cos
              "Fine-tuned: after quantization-aware training of the standalone net.", "",
              "| budget | net | BitOps | weights | supernet val | fine-tuned val | fine-tuned test |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    n = search.val_images
     for b in search.budgets:
         best, ft = b.best[0], finetuned.get(b.name, {})
         lines.append(f"| {b.name} | searched `{best.digest}` | {_m(best.bitops)} | {_kib(best.size_bits)} "
-                     f"| {_p(best.val_top1)} | {_p(ft.get('val_top1'))} | {_p(ft.get('test_top1'))} |")
+                     f"| {_p(best.val_top1, n)} | {_ft(ft)} |")
         u = b.uniform
         if u:
             uft = finetuned.get(f"{b.name}-uniform", {})
             size = _kib(costs.uniform(u.w_bits, u.a_bits).size_bits)
             note = "" if u.in_domain else " (outside the space)"
             lines.append(f"| {b.name} | uniform W{u.w_bits}A{u.a_bits}{note} | {_m(u.bitops)} | {size} "
-                         f"| {_p(u.val_top1)} | {_p(uft.get('val_top1'))} | {_p(uft.get('test_top1'))} |")
+                         f"| {_p(u.val_top1, n)} | {_ft(uft)} |")
         r = b.random_best
         if r:
             lines.append(f"| {b.name} | random search best `{r.digest}` | {_m(r.bitops)} "
-                         f"| {_kib(r.size_bits)} | {_p(r.val_top1)} | - | - |")
+                         f"| {_kib(r.size_bits)} | {_p(r.val_top1, n)} | - | - |")
     return lines + [""]
 
 
@@ -134,8 +145,35 @@ def _read_all(files: list[Path]) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in files}
 
 
-def _p(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+def _ft(result: dict) -> str:
+    """The fine-tuned val and test cells of a net's result (dashes when it was not fine-tuned)."""
+    return (f"{_p(result.get('val_top1'), result.get('val_images'))} "
+            f"| {_p(result.get('test_top1'), result.get('test_images'))}")
+
+
+def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict]) -> None:
+    marks = []
+    for b in search.budgets:
+        marks.append((f"{b.name} searched", b.best[0].bitops, b.best[0].val_top1))
+        if b.uniform and b.uniform.val_top1 is not None:
+            marks.append((f"uniform W{b.uniform.w_bits}A{b.uniform.a_bits}", b.uniform.bitops, b.uniform.val_top1))
+    tuned = [(name, r["bitops"], r["test_top1"], _se(r["test_top1"], r.get("test_images")) or 0.0)
+             for name, r in finetuned.items()]
+    limits = [(b.name, b.limits["bitops"][1]) for b in search.budgets
+              if "bitops" in b.limits and b.limits["bitops"][1] is not None]
+    pareto_plot(run.report_plot, search.pareto, search.pareto, marks, tuned, limits)
+
+
+def _se(p: float | None, n: int | None) -> float | None:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
+    return None if p is None or not n else math.sqrt(p * (1 - p) / n)
+
+
+def _p(v: float | None, n: int | None = None) -> str:
+    if v is None:
+        return "-"
+    se = _se(v, n)
+    return f"{100 * v:.2f}" if se is None else f"{100 * v:.2f} ± {100 * se:.2f}"
 
 
 def _m(v: float | None) -> str:

@@ -86,6 +86,8 @@ class _Search:
         self.state = self._load_state() if resume and self.state_path.is_file() else self._new_state()
 
         splits = load_splits(cfg.data, cfg.model)
+        self.val_images = len(splits.val) if self.scfg.val_images is None else min(self.scfg.val_images,
+                                                                                  len(splits.val))
         if len(splits.val) == 0:
             raise QsposError("data.val_size is 0: the search needs images held out of the training split")
         bs, workers = cfg.data.eval_batch_size, cfg.data.workers
@@ -245,7 +247,7 @@ class _Search:
             for d, top1 in self.state["cache"].items()
             for arch in [Arch.from_dict(self.state["archs"][d])]
         ]
-        return SearchResult(budgets, pareto_front(points), len(self.state["cache"])), points
+        return SearchResult(budgets, pareto_front(points), len(self.state["cache"]), self.val_images), points
 
     def write(self, result: SearchResult, points: list[ParetoPoint]) -> None:
         write_json(self.run.search_results, result.to_dict())

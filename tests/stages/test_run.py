@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def test_run_goes_end_to_end_and_refuses_to_overwrite(tmp_path):
     report = (out / "report.md").read_text()
     assert "![" in report and "search/pareto.png" in report and (out / "search" / "pareto.png").is_file()
     assert "| w3a3 | searched" in report and "| w3a3 | uniform W3A3" in report
+    assert (out / "pareto.png").stat().st_size > 1000 and "![top-1 against BitOps](pareto.png)" in report
+    assert re.search(r"\| \d+\.\d\d ± \d\.\d\d \| \d+\.\d\d ± \d\.\d\d \|$", report, re.M)  # val, test ± SE
 
     stamp = (out / "report.md").stat().st_mtime_ns
     assert main(["run", str(cfg), "--out", str(out)]) == 2  # nothing is overwritten
