@@ -5,7 +5,8 @@ its report kept as a published result.
 
 Runs train -> search -> finetune (+ test evaluation) -> export -> report into the run directory
 (default runs/NAME), then writes benchmarks/results/pipeline_NAME.md (stage times, the command,
-the machine, then the run's report.md), pipeline_NAME.json and pipeline_NAME_pareto.png.
+the machine, then the run's report.md), pipeline_NAME.json, pipeline_NAME_pareto.png (every arch the
+search evaluated) and pipeline_NAME_report.png (the report's plot).
 With --resume, finished stages are skipped (their time shows as ~0).
 """
 
@@ -69,7 +70,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"pipeline_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copyfile(run_dir / "search" / "pareto.png", RESULTS / f"pipeline_{name}_pareto.png")
+    shutil.copyfile(run_dir / "pareto.png", RESULTS / f"pipeline_{name}_report.png")
     body = report.read_text().replace("](search/pareto.png)", f"](pipeline_{name}_pareto.png)")
+    body = body.replace("](pareto.png)", f"](pipeline_{name}_report.png)")
     body = body.replace("[search/pareto.md](search/pareto.md)", "`search/pareto.md` of the run directory")
     rows = "\n".join(f"| {k} | {v} |" for k, v in times.items())
     (RESULTS / f"pipeline_{name}.md").write_text(

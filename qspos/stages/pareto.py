@@ -43,8 +43,9 @@ def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([p.bitops / 1e9 for p in points], [100 * p.val_top1 for p in points],
-               s=8, c="0.7", label=f"evaluated ({len(points)})")
+    if points:
+        ax.scatter([p.bitops / 1e9 for p in points], [100 * p.val_top1 for p in points],
+                   s=8, c="0.7", label=f"evaluated ({len(points)})")
     ax.step([p.bitops / 1e9 for p in front], [100 * p.val_top1 for p in front],
             where="post", c="tab:red", marker="o", ms=3, label="Pareto front")
     for label, bitops, top1 in marks:

@@ -161,7 +161,7 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict]) -> None
              for name, r in finetuned.items()]
     limits = [(b.name, b.limits["bitops"][1]) for b in search.budgets
               if "bitops" in b.limits and b.limits["bitops"][1] is not None]
-    pareto_plot(run.report_plot, search.pareto, search.pareto, marks, tuned, limits)
+    pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits)  # every arch: search/pareto.png
 
 
 def _se(p: float | None, n: int | None) -> float | None:
