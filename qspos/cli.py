@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every choice point at W-bit weights, A-bit activations, base width")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("space", help="the choice points of a config's model and what each layer got")
+    _common(p, out=False, resume=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("latency", help="measure the per-layer latency table of a space on this machine")
     _common(p, out=False, resume=False)
     p.add_argument("table", metavar="OUT.json", help="table to write (for search.latency_table)")
@@ -125,6 +129,30 @@ def cmd_cost(args: argparse.Namespace) -> int:
         f"(searched part {cost.searched_bitops / 1e9:.4f} G)   "
         f"weights {cost.size_bits / 8 / 1024:.1f} KiB (+{cost.bias_params} float bias params)"
     )
+    return 0
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from qspos.runtime.progress import stdout, table
+    from qspos.stages.space import describe_space
+
+    space = describe_space(cfg)
+    if args.json:
+        print(json.dumps(space))
+        return 0
+    for note in space["notes"]:
+        stdout.print(f"note: {note}")
+    rows = [[p["name"], " ".join(f"W{w}A{a}" for w, a in p["pairs"]),
+             " ".join(f"{m:g}" for m in p["widths"]) if p["widths"] else "-", ", ".join(p["bits_layers"]),
+             ", ".join(p["width_layers"]) or "-"] for p in space["choice_points"]]
+    stdout.print(table(f"choice points of {space['model']} ({space['size']:.3g} archs)",
+                       ["choice point", "bits", "widths", "bits of", "width of"], rows))
+    rows = [[e["name"], e["kind"], e["in_channels"], e["out_channels"], e["choice_point"] or e["role"],
+             e["width_point"] or "-", "signed" if e["input_signed"] else "unsigned", e["width_note"]]
+            for e in space["layers"]]
+    stdout.print(table("layers", ["layer", "kind", "in", "out", "bits from", "out width from", "input",
+                                  "why its outputs keep their width"], rows))
     return 0
 
 
@@ -241,7 +269,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "eval": cmd_eval,
-    "export": cmd_export, "run": cmd_run, "latency": cmd_latency,
+    "export": cmd_export, "run": cmd_run, "latency": cmd_latency, "space": cmd_space,
 }
 
 

@@ -1,16 +1,15 @@
-"""How a backbone declares its search space where the model is defined (NNI-style, at a glance).
+"""How a network declares its search space (NNI-style: where the model is, in plain data).
 
-A backbone is any ``nn.Module`` of searchable layers that implements :class:`Backbone`: it lists
-its :class:`SearchBlock` s (one choice point each with ``tie: block``, one per layer with
-``tie: layer``) and its fixed first/last layers. A :class:`WidthSlot` names the channels a width
-multiplier scales: the layers producing them, their BatchNorms, and the layers consuming them,
-so residual shapes never change.
+A :class:`SpaceDeclaration` lists the :class:`SearchBlock` s of a network of searchable layers
+(one choice point each with ``tie: block``, one per layer with ``tie: layer``) and its fixed
+layers by role. A :class:`WidthSlot` names the channels one width multiplier scales: the layers
+producing them, their BatchNorms, and the layers consuming them, so coupled shapes always agree.
+``qspos.models.convert`` derives a declaration from any model's graph.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 from qspos.core.layers import SearchableLayer, SlicedBatchNorm2d
 
@@ -18,9 +17,10 @@ from qspos.core.layers import SearchableLayer, SlicedBatchNorm2d
 @dataclass
 class WidthSlot:
     base: int  # channels at multiplier 1.0
-    producers: list[SearchableLayer]
+    producers: list[SearchableLayer]  # depthwise convs in the group are producers too
     norms: list[SlicedBatchNorm2d]
     consumers: list[SearchableLayer]
+    owner: str = ""  # relative name (in its block) of the layer whose choice point gives the width
 
 
 @dataclass
@@ -30,14 +30,9 @@ class SearchBlock:
     widths: list[WidthSlot] = field(default_factory=list)
 
 
-@runtime_checkable
-class Backbone(Protocol):
-    """What a :class:`~qspos.core.supernet.Supernet` asks of the network it wraps."""
+@dataclass
+class SpaceDeclaration:
+    """Everything a :class:`~qspos.core.supernet.Supernet` needs to know of its network."""
 
-    def search_blocks(self) -> list[SearchBlock]:
-        """The blocks whose bits (and widths) are searched, in forward order."""
-        ...
-
-    def fixed_layers(self) -> dict[str, SearchableLayer]:
-        """The layers kept at fixed bits, by role: ``first`` and ``last``."""
-        ...
+    blocks: list[SearchBlock]  # in forward order
+    fixed: dict[str, list[SearchableLayer]]  # role ("first", "last") -> layers at fixed bits

@@ -27,6 +27,7 @@ class LayerPlan:
     spatial: int  # H_out * W_out (1 for Linear)
     kernel: int  # k_h * k_w (1 for Linear)
     depthwise: bool
+    groups: int  # of a grouped conv whose channels are fixed (1 otherwise; depthwise follows its channels)
     in_base: int
     out_base: int
     in_point: str | None  # choice point whose width scales the input channels
@@ -148,7 +149,7 @@ def _price(plans: list[LayerPlan], arch: Arch) -> _Part:
         cout = channels(p.out_base, arch[p.out_point].width) if p.out_point else p.out_base
         w, a = (arch[p.bits_point].w_bits, arch[p.bits_point].a_bits) if p.bits_point else p.fixed_bits
         w, a = w or FLOAT_BITS, a or FLOAT_BITS
-        params = cout * (1 if p.depthwise else cin) * p.kernel
+        params = cout * (1 if p.depthwise else cin // p.groups) * p.kernel
         macs = p.spatial * params
         layers.append(LayerCost(p.name, p.kind, cin, cout, macs, params, w, a, macs * w * a, p.bits_point is not None))
     return _Part(
@@ -214,6 +215,7 @@ def trace_plan(supernet: Supernet, input_shape: tuple[int, int, int]) -> tuple[L
                 spatial=_spatial(shapes[name][1]),
                 kernel=m.kernel_size[0] * m.kernel_size[1] if conv else 1,
                 depthwise=depthwise,
+                groups=m.groups if conv and not depthwise else 1,
                 in_base=ib,
                 out_base=ob,
                 in_point=ip,

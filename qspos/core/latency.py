@@ -118,8 +118,8 @@ def measure_latency_table(
 
 def _float_op(layer: SearchableLayer, in_c: int, out_c: int) -> torch.nn.Module:
     if isinstance(layer, SearchableConv2d):
-        groups = out_c if layer.depthwise else 1
-        return torch.nn.Conv2d(in_c, out_c, layer.kernel_size, layer.stride, layer.padding,
+        groups = out_c if layer.depthwise else layer.groups
+        return torch.nn.Conv2d(in_c, out_c, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                                groups=groups, bias=layer.bias is not None)
     return torch.nn.Linear(in_c, out_c, bias=layer.bias is not None)
 

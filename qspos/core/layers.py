@@ -177,7 +177,7 @@ class SearchableLayer(nn.Module):
         """Index of the part of each parameter the active setting uses (the optimiser leaves
         the rest alone): the active channels of weight and bias, the active threshold rows."""
         out = slice(self.n_out)
-        w_index = (out,) if getattr(self, "depthwise", False) else (out, slice(self.n_in))
+        w_index = (out,) if getattr(self, "groups", 1) > 1 else (out, slice(self.n_in))
         parts = {
             self.weight: w_index,
             self.weight_quant.threshold: (int(self.weight_quant.index), out),
@@ -225,7 +225,11 @@ def _check(n: int, n_max: int, what: str) -> int:
 
 
 class SearchableConv2d(SearchableLayer):
-    """Conv2d whose bits and channel counts are chosen per path (groups = 1 or depthwise)."""
+    """Conv2d whose bits and channel counts are chosen per path.
+
+    Depthwise convs follow their channel group (input = output channels); other grouped convs
+    keep their channels (only their bits are searched).
+    """
 
     def __init__(
         self,
@@ -233,20 +237,27 @@ class SearchableConv2d(SearchableLayer):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        padding: int | tuple[int, int] | str = 0,
         groups: int = 1,
         bias: bool = False,
         input_signed: bool = False,
+        dilation: int | tuple[int, int] = 1,
     ):
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
-        if groups not in (1, in_channels) or (groups > 1 and in_channels != out_channels):
-            raise ValueError("SearchableConv2d supports groups=1 or depthwise convolutions only")
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        ref.padding = _explicit_padding(ref)
         super().__init__(ref, in_channels, out_channels, input_signed)
-        self.depthwise = groups > 1
-        self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
+        self.depthwise = groups > 1 and groups == in_channels == out_channels
+        self.groups = groups
+        self.kernel_size, self.stride = ref.kernel_size, ref.stride
+        self.padding, self.dilation = ref.padding, ref.dilation
+
+    def set_channels(self, in_channels: int | None = None, out_channels: int | None = None) -> None:
+        if self.groups > 1 and not self.depthwise and (in_channels, out_channels) != (None, None):
+            raise ValueError("the channels of a grouped conv are fixed")
+        super().set_channels(in_channels, out_channels)
 
     def active_weight(self) -> Tensor:
-        if self.depthwise:
+        if self.groups > 1:
             return self.weight[: self.n_out]
         return self.weight[: self.n_out, : self.n_in]
 
@@ -260,10 +271,14 @@ class SearchableConv2d(SearchableLayer):
             return self._out_mask(y) if self.masked else y
         return super().forward(x)
 
+    def _active_groups(self) -> int:
+        if self.depthwise:
+            return self.out_max if self.masked else self.n_out
+        return self.groups
+
     def _conv_args(self) -> tuple:
         """bias, stride, padding, dilation, groups of ``F.conv2d`` for the active setting."""
-        groups = (self.out_max if self.masked else self.n_out) if self.depthwise else 1
-        return self._compute_bias(), self.stride, self.padding, (1, 1), groups
+        return self._compute_bias(), self.stride, self.padding, self.dilation, self._active_groups()
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
         return F.conv2d(x, w, *self._conv_args())
@@ -274,14 +289,26 @@ class SearchableConv2d(SearchableLayer):
         if self.depthwise:
             in_c = out_c
         layer = QuantConv2d(
-            in_c, out_c, self.kernel_size, self.stride, self.padding,
-            groups=out_c if self.depthwise else 1, bias=self.bias is not None,
+            in_c, out_c, self.kernel_size, self.stride, self.padding, self.dilation,
+            groups=self._active_groups(), bias=self.bias is not None,
             **self._static_quant_kwargs(),
         )
         layer.weight.copy_(self.active_weight())
         if self.bias is not None:
             layer.bias.copy_(self.active_bias())
         return layer
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """'valid'/'same' as numbers (the quantized-input conv's backward takes numbers only)."""
+    if not isinstance(conv.padding, str):
+        return conv.padding
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    if any(t % 2 for t in total):
+        raise ValueError(f"padding='same' with kernel {conv.kernel_size} pads unevenly; give the padding as numbers")
+    return (total[0] // 2, total[1] // 2)
 
 
 class SearchableLinear(SearchableLayer):

@@ -1,4 +1,4 @@
-"""The supernet: a max-width backbone of searchable layers plus the space it spans.
+"""The supernet: a max-width network of searchable layers plus the space it spans.
 
 ``set_arch(arch)`` activates one single path; ``extract(arch)`` hands out a standalone network
 of plain Brevitas layers that computes exactly what the supernet computes on that path.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from qspos.core.arch import Arch
-from qspos.core.backbone import Backbone, SearchBlock, WidthSlot
+from qspos.core.backbone import SearchBlock, SpaceDeclaration, WidthSlot
 from qspos.core.layers import Bits, SearchableLayer, SlicedBatchNorm2d, channels
 from qspos.core.space import ChoicePoint, Space, make_pairs
 from qspos.errors import QsposError
@@ -47,14 +47,13 @@ class Binding:
 
 
 class Supernet(nn.Module):
-    """A :class:`~qspos.core.backbone.Backbone` at max width and the space its blocks span."""
+    """A network of searchable layers at max width (``qspos.models.convert`` makes one from any
+    model) and the space its :class:`~qspos.core.backbone.SpaceDeclaration` spans."""
 
-    def __init__(self, net: nn.Module, space_cfg: SpaceSpec):
+    def __init__(self, net: nn.Module, declaration: SpaceDeclaration, space_cfg: SpaceSpec):
         super().__init__()
-        if not isinstance(net, Backbone):
-            raise QsposError(f"{type(net).__name__} is not a supernet backbone: it needs search_blocks() "
-                             "and fixed_layers()")
         self.net = net
+        self.declaration = declaration
         pairs = make_pairs(space_cfg.pairs, space_cfg.weight_bits, space_cfg.act_bits)
         widths = tuple(space_cfg.width_multipliers)
         w_choices = sorted({w for w, _ in pairs})
@@ -63,22 +62,25 @@ class Supernet(nn.Module):
         points: list[ChoicePoint] = []
         self.bindings: dict[str, Binding] = {}
         searched: set[int] = set()
-        for block in net.search_blocks():
+        for block in declaration.blocks:
             for name, binding, has_width in _tie(block, space_cfg.tie):
                 points.append(ChoicePoint(name, pairs, widths if has_width else None))
                 self.bindings[name] = binding
             for layer in block.layers.values():
                 layer.configure_bits(w_choices, a_choices)
                 searched.add(id(layer))
-        self.fixed: dict[str, SearchableLayer] = net.fixed_layers()
-        for role, layer in self.fixed.items():
+        self.fixed: dict[str, list[SearchableLayer]] = declaration.fixed
+        for role, layers in self.fixed.items():
             bits = getattr(space_cfg, role)
-            layer.configure_bits((bits.w_bits,), (bits.a_bits,))
-            layer.set_active(bits.w_bits, bits.a_bits)
-            searched.add(id(layer))
+            for layer in layers:
+                layer.configure_bits((bits.w_bits,), (bits.a_bits,))
+                layer.set_active(bits.w_bits, bits.a_bits)
+                searched.add(id(layer))
         stray = [n for n, m in self.layer_items() if id(m) not in searched]
         if stray:
-            raise QsposError(f"backbone layers in no block and not fixed: {stray}")
+            raise QsposError(f"searchable layers in no block and not fixed: {stray}")
+        if not points:
+            raise QsposError("the model has nothing to search: every layer is fixed")
         self.space = Space(points)
         self.set_arch(self.space.extremes()[1])
 
@@ -136,12 +138,13 @@ class Supernet(nn.Module):
 
 
 def _tie(block: SearchBlock, tie: str) -> Iterator[tuple[str, Binding, bool]]:
-    """Choice points of a block: one for the whole block, or one per layer (width on the first)."""
-    if tie == "block":
+    """Choice points of a block: one for the whole block, or one per layer (each width on the
+    choice point of the layer that owns it)."""
+    if tie == "block" or len(block.layers) == 1:
         yield block.name, Binding(list(block.layers.values()), block.widths), bool(block.widths)
         return
-    for i, (lname, layer) in enumerate(block.layers.items()):
-        slots = block.widths if i == 0 else []
+    for lname, layer in block.layers.items():
+        slots = [s for s in block.widths if s.owner == lname]
         yield f"{block.name}.{lname}", Binding([layer], slots), bool(slots)
 
 

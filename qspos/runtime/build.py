@@ -13,7 +13,7 @@ from torch import nn
 from qspos.core.arch import Arch
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.models import create_model
+from qspos.models import Converted, build_model, convert
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.distributed import pick_device
@@ -32,25 +32,29 @@ def quant_backend(cfg: Config, device: torch.device | str | None = None, compile
 
 
 def build_supernet(cfg: Config, device: torch.device | str | None = None) -> Supernet:
-    """The supernet of a config: its backbone at the space's largest width multiplier, with the
-    quant backend for ``device`` (see :func:`quant_backend`).
-
-    A string ``model.args.weights`` names a local float state-dict file, loaded here and handed
-    to the model's factory (nothing is downloaded).
-    """
-    args = dict(cfg.model.args)
-    if isinstance(args.get("weights"), str):
-        args["weights"] = load_state_dict_file(args["weights"])
-    net = create_model(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        in_channels=cfg.model.in_channels,
-        max_width=max(cfg.space.width_multipliers),
-        **args,
-    )
-    supernet = Supernet(net, cfg.space)
+    """The supernet of a config: its model converted at the space's largest width multiplier,
+    with the quant backend for ``device`` (see :func:`quant_backend`). What was changed to fit
+    the model to the task (stem, head) is in ``supernet.notes``, what each layer got from the
+    conversion in ``supernet.layer_entries``."""
+    converted, notes = convert_model(cfg)
+    supernet = Supernet(converted.net, converted.declaration, cfg.space)
+    supernet.notes, supernet.layer_entries = notes, converted.layers
     supernet.set_quant_backend(quant_backend(cfg, device))
     return supernet
+
+
+def convert_model(cfg: Config) -> tuple[Converted, list[str]]:
+    """The config's model, built and converted, and the notes of what fitting it changed.
+
+    A string ``model.args.weights`` names a local float state-dict file, loaded here (nothing is
+    downloaded).
+    """
+    args = dict(cfg.model.args)
+    weights = args.pop("weights", None)
+    if isinstance(weights, str):
+        weights = load_state_dict_file(weights)
+    model, notes = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.in_channels, args, weights)
+    return convert(model, cfg.input_shape, max(cfg.space.width_multipliers), cfg.space.tie), notes
 
 
 def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True,

@@ -56,6 +56,8 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     supernet.set_quant_backend(backend)
     supernet.set_masked(cfg.train.compile)  # one graph for every path under torch.compile
     if dist.main:
+        for note in supernet.notes:
+            console.print(f"model: {note}")
         how = f"auto for {device.type}" if cfg.quant.backend == "auto" else "quant.backend"
         step = "; torch.compile, max width with channel masks" if cfg.train.compile else ""
         console.print(f"quant backend: {backend} ({how}){step}")

@@ -92,3 +92,22 @@ def test_a_run_killed_after_the_search_resumes_without_retraining(tmp_path, caps
     assert "train: already done" in log and "search: already done" in log
     assert stamps == {p: (out / p).stat().st_mtime_ns for p in stamps}
     assert (out / "finetune" / "w3a3" / "model.pt").is_file() and (out / "report.md").is_file()
+
+
+def test_run_on_a_converted_torchvision_model(tmp_path):
+    """The whole pipeline on torchvision's MobileNetV2 (depthwise convs, linear bottlenecks,
+    inverted residuals): converted from its graph, searched, fine-tuned, exported and checked."""
+    cfg = tiny_config(population=4, iterations=1, mutation_count=2, crossover_count=2)
+    cfg["model"] = {"name": "torchvision:mobilenet_v2", "num_classes": 4, "in_channels": 1, "input_size": 16,
+                    "args": {"width_mult": 0.25}}
+    cfg["data"].update(batch_size=16, synthetic_size=96, val_size=32)
+    cfg.update(train={"max_steps": 4, "warmup_epochs": 0, "lr": 0.05, "threshold_init_batches": 1},
+               finetune={"max_steps": 2}, export={"formats": ["onnx-qcdq", "packed"], "check_batch": 16})
+    path = tmp_path / "mnv2.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _qspos("run", str(path), "--out", str(tmp_path / "run"))
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log
+    assert "model: stem features.0.0: 1 input channel(s) instead of 3" in log
+    summary = json.loads((tmp_path / "run" / "export" / "w3a3" / "summary.json").read_text())
+    assert summary["check_ok"] is True, summary

@@ -1,0 +1,382 @@
+"""What a model's graph says about its channels: which are coupled, which may shrink, and which
+layer inputs are provably non-negative.
+
+The model is traced with ``torch.fx`` and its shapes propagated once. Every tensor with a channel
+dimension (dim 1) holds a *channel space*; operations that must see the same channels on both
+sides (BatchNorm, depthwise convs, elementwise activations, pooling, residual adds, the multiply
+of a squeeze-excitation) merge spaces, so each merged class is one **channel group**: it takes one
+width or none. A group is *pinned* (kept at its width) for every reason the graph gives:
+concatenations, grouped convs, a flatten of more than one pixel, the network's input and output,
+and any operation this analysis does not know. Pinning is the safe side: an unknown op only costs
+a width choice, never a wrong network.
+
+Why torch.fx and not torch-pruning's ``DependencyGraph``: the same trace also proves which inputs
+are non-negative (for unsigned activation quantizers) and names every coupling, which ``qspos
+space`` prints; torch-pruning gives the coupling only, through autograd, without the op names.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from qspos.errors import QsposError
+
+# modules and functions that keep every channel where it is (elementwise, pooling, padding)
+_KEEP_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU,
+    nn.ELU, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d,
+    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d,
+)
+_KEEP_FUNCTIONS = {
+    F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.elu, F.mish, F.dropout,
+    F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
+    F.pad, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, torch.clamp, torch.clip,
+}
+_KEEP_FUNCTION_NAMES = {"stochastic_depth", "drop_path"}  # torchvision's and timm's, fx-wrapped
+_KEEP_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous",
+                 "clone", "float", "to", "type_as", "detach"}
+_BINARY = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
+           operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div}
+_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+_FLATTEN = {torch.flatten}
+_FLATTEN_METHODS = {"flatten", "view", "reshape"}
+_CAT = {torch.cat, torch.concat}
+# what makes a tensor non-negative, and what keeps it so
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardsigmoid, nn.Sigmoid, nn.Softmax)
+_NONNEG_FUNCTIONS = {F.relu, F.relu6, F.hardsigmoid, torch.relu, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax}
+_NONNEG_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "softmax"}
+_PRESERVE_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                     nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d, nn.Flatten)
+_PRESERVE_FUNCTIONS = {F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                       F.adaptive_max_pool2d, F.interpolate, torch.flatten, torch.cat, torch.concat,
+                       operator.add, operator.iadd, operator.mul, operator.imul, torch.add, torch.mul,
+                       operator.getitem}
+_PRESERVE_METHODS = {"flatten", "view", "reshape", "contiguous", "clone", "mean", "add", "add_", "mul", "mul_",
+                     "float", "to", "detach"}
+
+
+@dataclass
+class LayerNode:
+    """One Conv2d/Linear of the model, as the graph sees it."""
+
+    name: str  # module path
+    module: nn.Module
+    in_group: int  # channel group of its input channels
+    out_group: int  # channel group of its output channels (a depthwise conv's equals its input's)
+    input_nonneg: bool  # the graph proves its input >= 0 (unsigned activation quantizer)
+    depthwise: bool
+    order: int  # position in the forward pass
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channels: one width (the first k channels in every member) or none."""
+
+    id: int
+    channels: int
+    producers: list[str] = field(default_factory=list)  # layers whose outputs are these channels
+    norms: list[str] = field(default_factory=list)  # BatchNorm2d modules normalising them
+    consumers: list[str] = field(default_factory=list)  # layers reading them (depthwise ones excepted)
+    pinned: list[str] = field(default_factory=list)  # why the group keeps its width
+
+    @property
+    def shrinkable(self) -> bool:
+        return not self.pinned and bool(self.producers)
+
+
+@dataclass
+class GraphInfo:
+    layers: dict[str, LayerNode]  # in forward order
+    groups: dict[int, ChannelGroup]
+    first: list[str]  # layers reading the network input
+    last: list[str]  # layers whose outputs reach the network output
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model's fx graph (its own forward; torch.nn modules stay leaves)."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises anything the forward raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QsposError(f"model: torch.fx cannot trace {type(model).__name__}: {first} (the forward must not "
+                         "branch on tensor values; wrap such code in a function marked torch.fx.wrap)") from None
+
+
+class _Spaces:
+    """Union-find over channel spaces, with each class's channel count and pin reasons."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.channels: list[int] = []
+        self.reasons: dict[int, list[str]] = {}
+
+    def new(self, channels: int, reason: str | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.channels.append(channels)
+        if reason:
+            self.pin(len(self.parent) - 1, reason)
+        return len(self.parent) - 1
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.reasons.setdefault(ra, []).extend(self.reasons.pop(rb, []))
+        return ra
+
+    def pin(self, s: int, reason: str) -> None:
+        r = self.reasons.setdefault(self.find(s), [])
+        if reason not in r:
+            r.append(reason)
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    args = list(node.args) + list(node.kwargs.values())
+    flat: list = []
+    for a in args:
+        flat.extend(a if isinstance(a, (list, tuple)) else [a])
+    return [a for a in flat if isinstance(a, fx.Node) and _shape(a) is not None]
+
+
+def _where(node: fx.Node) -> str:
+    """Where ``node`` happens: the innermost module running it (the model itself: its name)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return f"in {next(reversed(stack))}" if stack else f"at {node.name}"
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} {node.target}"
+    if node.op == "call_method":
+        return f".{node.target}() {_where(node)}"
+    return f"{getattr(node.target, '__name__', node.target)}() {_where(node)}"
+
+
+def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
+    """Trace ``model`` on one input of ``input_shape`` (C, H, W) and find its layers' channel
+    groups, the groups that may shrink, and the layers whose inputs are non-negative."""
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    except Exception as e:  # noqa: BLE001
+        raise QsposError(f"model: a forward of a {tuple(input_shape)} input failed: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    finally:
+        model.train(was_training)
+
+    spaces = _Spaces()
+    space_of: dict[fx.Node, int] = {}
+    nonneg: dict[fx.Node, bool] = {}
+    layers: dict[str, tuple[nn.Module, int, int, bool, bool]] = {}
+    norms: list[tuple[str, int]] = []
+    input_spaces: list[int] = []
+    output_spaces: list[int] = []
+
+    def space(node: fx.Node) -> int:
+        if node not in space_of:  # a tensor made by an op we did not model: keep it as it is
+            space_of[node] = spaces.new(_shape(node)[1] if len(_shape(node)) > 1 else 1, f"made {_where(node)}")
+        return space_of[node]
+
+    def keep(node: fx.Node, src: fx.Node) -> None:
+        space_of[node] = space(src)
+
+    def opaque(node: fx.Node, args: list[fx.Node]) -> None:
+        reason = f"passes through {_describe(node, modules)}"
+        for a in args:
+            spaces.pin(space(a), reason)
+        out = _shape(node)
+        if out is not None and len(out) > 1:
+            space_of[node] = spaces.new(out[1], reason)
+
+    for node in gm.graph.nodes:
+        shape = _shape(node)
+        args = _tensor_args(node)
+        nonneg[node] = _proves_nonneg(node, modules, args, nonneg)
+        if node.op == "placeholder":
+            if shape is not None and len(shape) > 1:
+                space_of[node] = spaces.new(shape[1], "network input")
+                input_spaces.append(space_of[node])
+            continue
+        if node.op == "output":
+            for a in args:
+                spaces.pin(space(a), "network output")
+                output_spaces.append(space(a))
+            continue
+        if shape is None or len(shape) < 2:
+            continue  # sizes, shapes and scalars carry no channels
+        if node.op == "get_attr":
+            space_of[node] = spaces.new(shape[1], f"tensor {node.target} used directly")
+            continue
+        if not args:
+            space_of[node] = spaces.new(shape[1], f"made {_where(node)}")
+            continue
+        x = args[0]
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, nn.Conv2d):
+                depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                if depthwise:
+                    keep(node, x)
+                elif m.groups > 1:
+                    spaces.pin(space(x), f"read by grouped conv {node.target} ({m.groups} groups)")
+                    space_of[node] = spaces.new(m.out_channels, f"output of grouped conv {node.target}")
+                else:
+                    space_of[node] = spaces.new(m.out_channels)
+                layers[node.target] = (m, space(x), space_of[node], nonneg[x], depthwise)
+            elif isinstance(m, nn.Linear):
+                if len(_shape(x)) != 2:
+                    opaque(node, args)
+                    continue
+                space_of[node] = spaces.new(m.out_features)
+                layers[node.target] = (m, space(x), space_of[node], nonneg[x], False)
+            elif isinstance(m, nn.BatchNorm2d):
+                keep(node, x)
+                norms.append((node.target, space(x)))
+            elif isinstance(m, _KEEP_MODULES):
+                keep(node, x)
+            elif isinstance(m, nn.Flatten):
+                _flatten(node, x, spaces, space_of, space)
+            else:
+                opaque(node, args)
+        elif node.op in ("call_function", "call_method"):
+            target = node.target
+            name = getattr(target, "__name__", str(target))
+            if target in _KEEP_FUNCTIONS or target in _KEEP_METHODS or name in _KEEP_FUNCTION_NAMES:
+                keep(node, x)
+            elif target in _BINARY or target in _BINARY_METHODS:
+                _binary(node, args, spaces, space_of, space)
+            elif target in _FLATTEN or target in _FLATTEN_METHODS:
+                _flatten(node, x, spaces, space_of, space)
+            elif target == "mean" and _shape(x)[:2] == shape[:2]:
+                keep(node, x)  # a global average over the spatial dims
+            elif target in _CAT or target == "cat":
+                dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+                joined = dim in (1, -3)
+                reason = f"concatenated {_where(node)}" if joined else f"passes through {_describe(node, modules)}"
+                for a in args:
+                    spaces.pin(space(a), reason)
+                space_of[node] = spaces.new(shape[1], reason)
+            else:
+                opaque(node, args)
+        else:
+            opaque(node, args)
+
+    return _collect(spaces, layers, norms, input_spaces, output_spaces)
+
+
+def _binary(node: fx.Node, args: list[fx.Node], spaces: _Spaces, space_of: dict, space) -> None:
+    """Channel-wise multiplies (a squeeze-excitation's gate) merge the channels of their
+    operands; adds and subtractions of two feature maps are residual joins, which keep their
+    width (a residual stream stays as the model has it). An operand broadcast over channels
+    (one channel) is a scale and leaves them alone."""
+    out_c = _shape(node)[1]
+    full = [a for a in args if len(_shape(a)) > 1 and _shape(a)[1] == out_c and out_c > 1]
+    if not full:
+        space_of[node] = space(args[0]) if len(_shape(args[0])) > 1 else spaces.new(out_c, f"made {_where(node)}")
+        return
+    root = space(full[0])
+    for a in full[1:]:
+        root = spaces.union(root, space(a))
+    name = getattr(node.target, "__name__", str(node.target)).strip("_")
+    if len(full) > 1 and name.lstrip("i") in ("add", "sub"):
+        spaces.pin(root, f"feeds the residual add {_where(node)}")
+    for a in args:
+        if a not in full and len(_shape(a)) > 1 and _shape(a)[1] != 1:
+            spaces.pin(space(a), f"broadcast {_where(node)}")
+    space_of[node] = root
+
+
+def _flatten(node: fx.Node, x: fx.Node, spaces: _Spaces, space_of: dict, space) -> None:
+    """A flatten of one pixel per channel keeps the channels; of more, it interleaves them."""
+    src, out = _shape(x), _shape(node)
+    pixels = 1
+    for d in src[2:]:
+        pixels *= d
+    if len(out) == 2 and out[1] == src[1] and pixels == 1:
+        space_of[node] = space(x)
+    else:
+        reason = f"flattened with {'x'.join(map(str, src[2:]))} pixels {_where(node)}"
+        spaces.pin(space(x), reason)
+        space_of[node] = spaces.new(out[1] if len(out) > 1 else 1, reason)
+
+
+def _proves_nonneg(node: fx.Node, modules: dict[str, nn.Module], args: list[fx.Node],
+                   nonneg: dict[fx.Node, bool]) -> bool:
+    """Whether the graph proves ``node``'s output >= 0: made by a ReLU-like op, or by an op that
+    keeps the sign (pooling, flatten, concatenation, add/multiply) of non-negative inputs."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, _NONNEG_MODULES):
+            return True
+        preserve = isinstance(m, _PRESERVE_MODULES)
+    elif node.op == "call_function":
+        if node.target in _NONNEG_FUNCTIONS:
+            return True
+        if node.target is torch.clamp or node.target is torch.clip:
+            lo = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+            return isinstance(lo, (int, float)) and lo >= 0
+        preserve = node.target in _PRESERVE_FUNCTIONS or getattr(node.target, "__name__", "") in _KEEP_FUNCTION_NAMES
+        scalars_ok = all(not isinstance(a, (int, float)) or a >= 0 for a in node.args)
+        preserve = preserve and scalars_ok
+    elif node.op == "call_method":
+        if node.target in _NONNEG_METHODS:
+            return True
+        preserve = node.target in _PRESERVE_METHODS and all(
+            not isinstance(a, (int, float)) or a >= 0 for a in node.args[1:] if node.target in ("add", "mul"))
+    else:
+        return False
+    return preserve and bool(args) and all(nonneg.get(a, False) for a in args)
+
+
+def _collect(spaces: _Spaces, layers: dict, norms: list[tuple[str, int]], input_spaces: list[int],
+             output_spaces: list[int]) -> GraphInfo:
+    groups: dict[int, ChannelGroup] = {}
+
+    def group(s: int) -> ChannelGroup:
+        r = spaces.find(s)
+        if r not in groups:
+            groups[r] = ChannelGroup(r, spaces.channels[r], pinned=list(spaces.reasons.get(r, [])))
+        return groups[r]
+
+    inputs = {spaces.find(s) for s in input_spaces}
+    outputs = {spaces.find(s) for s in output_spaces}
+    nodes: dict[str, LayerNode] = {}
+    first, last = [], []
+    for order, (name, (m, sin, sout, nn_in, depthwise)) in enumerate(layers.items()):
+        gin, gout = group(sin), group(sout)
+        nodes[name] = LayerNode(name, m, gin.id, gout.id, nn_in, depthwise, order)
+        gout.producers.append(name)
+        if not depthwise:
+            gin.consumers.append(name)
+        if gin.id in inputs:
+            first.append(name)
+        elif gout.id in outputs:
+            last.append(name)
+    for name, s in norms:
+        group(s).norms.append(name)
+    for name in first:  # the fixed first layers keep their outputs
+        g = groups[nodes[name].out_group]
+        if not nodes[name].depthwise:
+            g.pinned.append(f"output of the fixed first layer {name}")
+    return GraphInfo(nodes, groups, first, last)
