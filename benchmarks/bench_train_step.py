@@ -8,9 +8,11 @@ Models are timed in interleaved rounds (median per-step time), so load from othe
 hits all three alike.
 
     .venv/bin/python benchmarks/bench_train_step.py [--config configs/fashion_mnist.yaml] [--threads 1]
-        [--backends reference fused]
+        [--backends reference fused] [--name train_step]
 
-Writes benchmarks/results/train_step.json and train_step.md (with the command and the machine).
+Writes benchmarks/results/NAME.json and NAME.md (with the command and the machine). Any model a
+config names works: ``--config configs/fashion_mnist_mobilenet_v2.yaml --name train_step_mobilenet_v2``
+measures a converted torchvision model.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def float_copy(net: nn.Module) -> nn.Module:
     for name, child in net.named_children():
         if isinstance(child, QuantConv2d):
             conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                             child.padding, groups=child.groups, bias=child.bias is not None)
+                             child.padding, child.dilation, groups=child.groups, bias=child.bias is not None)
             conv.load_state_dict({k: v for k, v in child.state_dict().items() if k in ("weight", "bias")})
             setattr(net, name, conv)
         elif isinstance(child, QuantLinear):
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=None,
                         help="quant backends of the supernet, one row each (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled arch")
+    parser.add_argument("--name", default="train_step", help="results file stem (benchmarks/results/NAME.json/.md)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,12 +137,12 @@ def main() -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = "\n".join(f"| {k} | {ms[k]:.1f} | {result['images_per_s'][k]:,.0f} | {ms[k] / ms['fixed_brevitas']:.3f} "
                      f"| {ms[k] / ms['float']:.3f} |" for k in steps)
     ratio = ms[first] / ms["fixed_brevitas"]
     met = "met" if ratio <= 1.10 else f"NOT met, by {100 * (ratio / 1.10 - 1):.1f}%"
-    (RESULTS / "train_step.md").write_text(
+    (RESULTS / f"{args.name}.md").write_text(
         f"# Training step: supernet vs fixed-arch Brevitas vs float ({cfg.model.name} {cfg.model.args}, "
         f"input {'x'.join(map(str, cfg.input_shape))}, batch {batch}, {result['threads']} threads)\n\n"
         "| model | ms/step (median) | images/s | / fixed Brevitas | / float |\n| --- | ---: | ---: | ---: | ---: |\n"
@@ -147,7 +150,7 @@ def main() -> None:
         f"({ratio:.3f}x). Arch (seed {args.seed}): `{json.dumps(arch.to_dict())}`\n\n"
         f"- command: `{result['command']}`\n- machine: {machine_info}\n- date: {result['date']}\n"
     )
-    print((RESULTS / "train_step.md").read_text())
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
