@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from qspos._version import __version__
 
 __all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate",
-           "export", "finetune", "load_arch", "load_config", "run", "save_arch", "search", "train_supernet"]
+           "evolve", "export", "finetune", "load_arch", "load_config", "load_quantized", "recalibrate_bn", "run",
+           "save_arch", "search", "train_supernet"]
 
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
@@ -30,21 +31,21 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 _EXPORTS = {
     "Arch": "qspos.core.arch", "Choice": "qspos.core.arch",
     "ChoicePoint": "qspos.core.space", "Space": "qspos.core.space",
-    "Supernet": "qspos.core.supernet",
+    "Supernet": "qspos.api", "evolve": "qspos.api", "load_quantized": "qspos.api",
     "Config": "qspos.runtime.config", "load_config": "qspos.runtime.config",
     "load_arch": "qspos.runtime.files", "save_arch": "qspos.runtime.files",
-    "QsposError": "qspos.errors",
+    "QsposError": "qspos.errors", "recalibrate_bn": "qspos.runtime.evaluate",
     "train_supernet": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
     "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
 }
 
 if TYPE_CHECKING:
-    from qspos.api import evaluate, export, finetune, run, search, train_supernet
+    from qspos.api import Supernet, evaluate, evolve, export, finetune, load_quantized, run, search, train_supernet
     from qspos.core.arch import Arch, Choice
     from qspos.core.space import ChoicePoint, Space
-    from qspos.core.supernet import Supernet
     from qspos.errors import QsposError
     from qspos.runtime.config import Config, load_config
+    from qspos.runtime.evaluate import recalibrate_bn
     from qspos.runtime.files import load_arch, save_arch
 
 

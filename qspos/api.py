@@ -1,29 +1,44 @@
-"""The pipeline's stages as Python functions, for scripts and notebooks.
+"""The pipeline's stages as Python functions, for scripts, notebooks and compression pipelines.
 
 Each takes a config as a :class:`~qspos.runtime.config.Config`, a dict (the YAML's structure) or
 a YAML path, and returns the stage's result object; outputs land in the run directory exactly as
-the CLI writes them (``run_dir`` defaults to ``runs/NAME``), so the CLI and the API can be mixed::
+the CLI writes them (``run_dir`` defaults to ``runs/NAME``), so the CLI and the API can be mixed.
+Objects passed win over the config: ``model`` (any ``nn.Module``), ``train``/``val``/``test``
+(``Dataset`` s or ``DataLoader`` s with your own transforms), ``loss(model, batch)`` and
+``score(model, loader)`` (higher is better; see ``qspos.runtime.task``)::
 
     import qspos
 
     cfg = qspos.load_config("configs/quickstart.yaml", ["train.epochs=1"])
     res = qspos.run(cfg, "runs/qs")                       # the whole pipeline
     for net in res.finetune:
-        print(net.name, net.bitops, net.test_top1)
+        print(net.name, net.bitops, net.test_top1, net.model)   # .model: the Brevitas module
 
-    qspos.train_supernet(cfg, "runs/qs2")                 # or stage by stage
-    found = qspos.search(cfg, "runs/qs2")
-    nets = qspos.finetune(cfg, "runs/qs2", arch=found.best("w2a2"))
-    qspos.export("runs/qs2", ["onnx-qcdq"])
+    res = qspos.run(cfg, "runs/mine", model=my_net, train=my_train, val=my_val, test=my_test)
+    net = qspos.load_quantized("runs/mine", "w2a2", model=my_net)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from torch import nn
+
+from qspos.core import supernet as _supernet
 from qspos.core.arch import Arch
-from qspos.runtime.config import Config, load_config
+from qspos.core.budget import parse_budgets
+from qspos.core.cost import Cost, CostModel
+from qspos.core.evolution import evolve as _evolve
+from qspos.core.metrics import ArchMetrics
+from qspos.errors import QsposError
+from qspos.models import convert
+from qspos.runtime.build import load_finetuned
+from qspos.runtime.config import Config, SpaceConfig, load_config, load_search_settings
+from qspos.runtime.rundir import RunDir
+from qspos.runtime.task import Data, Loss, Score, Task, batch_size_of, dataset_of, using
 from qspos.stages import evaluate as _evaluate
 from qspos.stages import export as _export
 from qspos.stages import finetune as _finetune
@@ -34,21 +49,51 @@ from qspos.stages import train as _train
 ConfigLike = Config | Mapping | str | Path
 
 
-def train_supernet(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False) -> _train.TrainResult:
+def _with_task(config: ConfigLike, task: Task) -> Config:
+    """The config with what the task's objects decide: the model's recorded name, the input
+    shape of the data, and the batch sizes of the loaders passed."""
+    cfg = load_config(config)
+    model = cfg.model
+    if task.model is not None:
+        model = dataclasses.replace(model, name=task.model_name(), args={})
+    if task.train is not None:
+        x = dataset_of(task.train)[0][0]
+        if x.dim() != 3 or x.shape[1] != x.shape[2]:
+            raise QsposError(f"train: the inputs must be square images (C, H, W), got shape {tuple(x.shape)}")
+        model = dataclasses.replace(model, in_channels=int(x.shape[0]), input_size=int(x.shape[1]))
+    data = cfg.data
+    if batch_size_of(task.train):
+        data = dataclasses.replace(data, batch_size=batch_size_of(task.train))
+    if batch_size_of(task.val) or batch_size_of(task.test):
+        data = dataclasses.replace(data, eval_batch_size=batch_size_of(task.val) or batch_size_of(task.test))
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
+def train_supernet(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
+                   model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
+                   loss: Loss | None = None, score: Score | None = None) -> _train.TrainResult:
     """Train the supernet into ``run_dir/supernet.pt`` (``qspos train``).
 
     >>> trained = qspos.train_supernet("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
+    >>> trained = qspos.train_supernet(cfg, "runs/mine", model=net, train=ds, loss=my_loss)  # doctest: +SKIP
     """
-    return _train.train_supernet(load_config(config), run_dir, resume=resume)
+    task = Task(model, train, val, None, loss, score)
+    with using(task):
+        return _train.train_supernet(_with_task(config, task), run_dir, resume=resume)
 
 
-def search(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False) -> _search.SearchResult:
-    """Search the trained supernet under every budget into ``run_dir/search/`` (``qspos search``).
+def search(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
+           model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
+           score: Score | None = None) -> _search.SearchResult:
+    """Search the trained supernet under every budget into ``run_dir/search/`` (``qspos search``);
+    ``score`` ranks the candidates instead of top-1.
 
     >>> found = qspos.search("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> found.best("w2a2")  # doctest: +SKIP
     """
-    return _search.search(load_config(config), run_dir, resume=resume)
+    task = Task(model, train, val, None, None, score)
+    with using(task):
+        return _search.search(_with_task(config, task), run_dir, resume=resume)
 
 
 def finetune(
@@ -57,34 +102,123 @@ def finetune(
     arch: Arch | str | Path | None = None,
     pick: int | None = None,
     resume: bool = False,
+    *,
+    model: nn.Module | None = None,
+    train: Data | None = None,
+    val: Data | None = None,
+    test: Data | None = None,
+    loss: Loss | None = None,
+    score: Score | None = None,
 ) -> list[_finetune.FinetuneResult]:
     """Fine-tune ``arch`` (an Arch or a file), else each budget's ``pick``-th best arch (default
-    the best) into ``run_dir/finetune/<name>/``; each result holds val and test top-1/top-5.
+    the best) into ``run_dir/finetune/<name>/``; each result holds val and test top-1/top-5 (or
+    ``score``) and ``.model``, the standalone Brevitas module.
 
     >>> nets = qspos.finetune("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
+    >>> nets[0].model  # doctest: +SKIP
     """
-    return _finetune.finetune(load_config(config), run_dir, arch=arch, pick=pick, resume=resume)
+    task = Task(model, train, val, test, loss, score)
+    with using(task):
+        return _finetune.finetune(_with_task(config, task), run_dir, arch=arch, pick=pick, resume=resume)
 
 
-def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path | None = None) -> _evaluate.EvalResult:
-    """Test top-1/top-5, BitOps and size of a fine-tuned net, or of a supernet path (``qspos eval``).
+def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path | None = None, *,
+             model: nn.Module | None = None, train: Data | None = None, test: Data | None = None,
+             score: Score | None = None) -> _evaluate.EvalResult:
+    """Test top-1/top-5 (or ``score``), BitOps and size of a fine-tuned net, or of a supernet
+    path (``qspos eval``).
 
     >>> qspos.evaluate("configs/quickstart.yaml", "runs/qs/finetune/w2a2/model.pt").test_top1  # doctest: +SKIP
     """
-    return _evaluate.evaluate_checkpoint(load_config(config), checkpoint, arch)
+    task = Task(model, train, None, test, None, score)
+    with using(task):
+        return _evaluate.evaluate_checkpoint(_with_task(config, task), checkpoint, arch)
 
 
-def export(run_dir: str | Path, formats: list[str] | None = None) -> list[_export.ExportResult]:
-    """Export every fine-tuned net of a run: ``onnx-qcdq``, ``qonnx``, ``packed`` (``qspos export``).
+def export(run_dir: str | Path, formats: list[str] | None = None, *, model: nn.Module | None = None,
+           train: Data | None = None, test: Data | None = None) -> list[_export.ExportResult]:
+    """Export every fine-tuned net of a run: ``onnx-qcdq``, ``qonnx``, ``packed`` (``qspos export``);
+    a run made from objects needs the same ``model`` (and its ``train``/``test`` data) again.
 
     >>> qspos.export("runs/qs", ["onnx-qcdq"])  # doctest: +SKIP
     """
-    return _export.export(run_dir, formats)
+    with using(Task(model, train, None, test)):
+        return _export.export(run_dir, formats)
 
 
-def run(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False) -> _run.RunResult:
+def run(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
+        model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
+        test: Data | None = None, loss: Loss | None = None, score: Score | None = None) -> _run.RunResult:
     """train -> search -> finetune -> export -> report in one run directory (``qspos run``).
 
     >>> res = qspos.run("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
+    >>> res = qspos.run(cfg, "runs/mine", model=net, train=tr, val=va, test=te)  # doctest: +SKIP
     """
-    return _run.run(load_config(config), run_dir, resume=resume)
+    task = Task(model, train, val, test, loss, score)
+    with using(task):
+        return _run.run(_with_task(config, task), run_dir, resume=resume)
+
+
+def load_quantized(run_dir: str | Path, name: str, *, model: nn.Module | None = None) -> nn.Module:
+    """The fine-tuned net ``name`` of a run as a standalone Brevitas module, rebuilt from its
+    state dict, arch and the run's model spec (``model``: the same object, when the run was
+    made from one), in eval mode.
+
+    >>> net = qspos.load_quantized("runs/qs", "w2a2")  # doctest: +SKIP
+    """
+    run_ = RunDir(run_dir)
+    cfg = run_.read_config()
+    net = run_.net(name)
+    if not net.done:
+        known = ", ".join(n.name for n in run_.finetuned()) or "none"
+        raise QsposError(f"{run_.path}: no fine-tuned net {name!r} (finished ones: {known})")
+    with using(Task(model)):
+        return load_finetuned(cfg, net.model)[0]
+
+
+# ---------------------------------------------------------------------------- the low-level API
+
+
+class Supernet(_supernet.Supernet):
+    """A supernet made from any model, for your own training loop::
+
+        sn = qspos.Supernet.from_model(model, {"weight_bits": [2, 4], "act_bits": [4],
+                                               "width_multipliers": [0.5, 1.0]}, input_shape=(3, 32, 32))
+        arch = sn.space.sample(random.Random(0))
+        sn.set_arch(arch)                        # one single path; train it as any module
+        sn.cost(arch).bitops                     # arithmetic, no forward
+        net = sn.extract(arch)                   # the standalone Brevitas net of that path
+    """
+
+    @classmethod
+    def from_model(cls, model: nn.Module, space: Mapping | SpaceConfig,
+                   input_shape: tuple[int, int, int]) -> Supernet:
+        """``model`` (left untouched) converted from its graph, spanning ``space`` (the config's
+        ``space`` section: a dict or a ``SpaceConfig``), for inputs of ``input_shape`` (C, H, W)."""
+        space_cfg = space if isinstance(space, SpaceConfig) else load_config({"space": dict(space)}).space
+        converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie)
+        supernet = cls(converted.net, converted.declaration, space_cfg)
+        supernet.layer_entries, supernet.input_shape = converted.layers, tuple(input_shape)
+        return supernet
+
+    def cost(self, arch: Arch) -> Cost:
+        """MACs, BitOps and size of ``arch``, per layer (shapes traced once, on first use)."""
+        if getattr(self, "_costs", None) is None:
+            self._costs = CostModel(self, self.input_shape)
+        return self._costs.cost(arch)
+
+
+def evolve(supernet: Supernet, score: Callable[[Arch], float], budget: Mapping, seed: int = 0,
+           **settings: int | float) -> list[tuple[Arch, float]]:
+    """The paper's evolutionary search under ``budget`` (the config's budget form, e.g.
+    ``{"bitops": "uniform 3,3"}``) with your ``score(arch)`` (higher is better: set the path,
+    recalibrate BN, measure); every evaluated arch with its score, best first. ``settings`` are
+    the ``search`` section's (``population``, ``iterations``, ``topk``, ``mutation_count``, ...).
+
+    >>> best, s = qspos.evolve(sn, my_score, {"bitops": "uniform 3,3"}, population=16)[0]  # doctest: +SKIP
+    """
+    s = load_search_settings({"budgets": [{"name": "budget", **budget}], **settings})
+    metrics = ArchMetrics(CostModel(supernet, supernet.input_shape))
+    (parsed,) = parse_budgets(s.budgets, metrics)
+    return _evolve(supernet.space, score, lambda a: parsed.accepts(metrics(a)), lambda a: metrics(a)["bitops"],
+                   s, s.iterations, s.topk, random.Random(seed))

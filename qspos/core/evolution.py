@@ -74,3 +74,29 @@ def breed(space: Space, parents: Sequence[Arch], rng: random.Random, accept: Acc
             made += 1
     refill = cfg.population - len(children)
     return children + random_archs(space, rng, accept, seen, refill, cfg.max_tries)
+
+
+def evolve(space: Space, score: Callable[[Arch], float], accept: Accept, tiebreak: Callable[[Arch], float],
+           settings: BreedSettings, iterations: int, topk: int, rng: random.Random) -> list[tuple[Arch, float]]:
+    """Every arch the evolution evaluated with its score, best first (ties: smaller ``tiebreak``).
+
+    In memory and without resume: the building block for a caller's own loop (the search stage
+    keeps its state on disk between generations instead).
+    """
+    population = random_archs(space, rng, accept, set(), settings.population, settings.max_tries)
+    if not population:
+        raise QsposError(f"no arch in {settings.max_tries} uniform samples meets the budget; loosen it")
+    archs: dict[str, Arch] = {}
+    scores: dict[str, float] = {}
+    for generation in range(iterations):
+        for arch in population:
+            archs[arch.digest()] = arch
+            scores[arch.digest()] = float(score(arch))
+        if generation + 1 == iterations:
+            break
+        top = ranked(list(scores), scores, {d: tiebreak(a) for d, a in archs.items()})
+        population = breed(space, [archs[d] for d in top[:topk]], rng, accept, set(scores), settings)
+        if not population:
+            break
+    order = ranked(list(scores), scores, {d: tiebreak(a) for d, a in archs.items()})
+    return [(archs[d], scores[d]) for d in order]

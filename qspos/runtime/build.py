@@ -18,6 +18,7 @@ from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_sta
 from qspos.runtime.config import Config
 from qspos.runtime.distributed import pick_device
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
+from qspos.runtime.task import OBJECT_PREFIX, current
 from quant_kernels import best_backend
 
 
@@ -44,11 +45,18 @@ def build_supernet(cfg: Config, device: torch.device | str | None = None) -> Sup
 
 
 def convert_model(cfg: Config) -> tuple[Converted, list[str]]:
-    """The config's model, built and converted, and the notes of what fitting it changed.
+    """The config's model (or the running task's, see ``runtime.task``), built and converted,
+    and the notes of what fitting it changed.
 
     A string ``model.args.weights`` names a local float state-dict file, loaded here (nothing is
     downloaded).
     """
+    given = current().model
+    if given is not None:
+        return convert(given, cfg.input_shape, max(cfg.space.width_multipliers), cfg.space.tie), []
+    if cfg.model.name.startswith(OBJECT_PREFIX):
+        raise QsposError(f"this run's model was passed as an object ({cfg.model.name[len(OBJECT_PREFIX):]}): "
+                         "pass the same model again (model=...) to use the run")
     args = dict(cfg.model.args)
     weights = args.pop("weights", None)
     if isinstance(weights, str):

@@ -230,6 +230,13 @@ def _apply_override(data: dict, item: str) -> None:
         node[parts[-1]] = raw
 
 
+def load_search_settings(data: Mapping) -> SearchConfig:
+    """A ``search`` section on its own (the low-level API's evolution), checked as in a config."""
+    s = _build(SearchConfig, dict(data), "search")
+    _validate_search(s)
+    return s
+
+
 def _build(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against type ``tp`` (dataclass, Optional, list, dict, Literal, scalars)."""
     where = key or "config"
@@ -363,8 +370,6 @@ def _validate(cfg: Config) -> None:
         "model.input_size": cfg.model.input_size,
         "data.batch_size": cfg.data.batch_size,
         "data.eval_batch_size": cfg.data.eval_batch_size,
-        "search.population": cfg.search.population,
-        "search.topk": cfg.search.topk,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -401,8 +406,6 @@ def _validate(cfg: Config) -> None:
         raise QsposError(f"export.formats: give one or more distinct formats, got {cfg.export.formats}")
     if not cfg.log.interval_s > 0:
         raise QsposError(f"log.interval_s: must be positive, got {cfg.log.interval_s!r}")
-    if not 0 <= cfg.search.mutation_prob <= 1:
-        raise QsposError(f"search.mutation_prob: {cfg.search.mutation_prob} is outside [0, 1]")
     _validate_search(cfg.search)
 
 
@@ -414,11 +417,14 @@ def _validate_finetune(f: FinetuneConfig) -> None:
 
 
 def _validate_search(s: SearchConfig) -> None:
-    counts = {"iterations": (s.iterations, 1), "max_tries": (s.max_tries, 1), "calib_images": (s.calib_images, 1),
+    counts = {"population": (s.population, 1), "topk": (s.topk, 1), "iterations": (s.iterations, 1),
+              "max_tries": (s.max_tries, 1), "calib_images": (s.calib_images, 1),
               "mutation_count": (s.mutation_count, 0), "crossover_count": (s.crossover_count, 0)}
     for key, (v, least) in counts.items():
         if v < least:
             raise QsposError(f"search.{key}: must be >= {least}, got {v}")
+    if not 0 <= s.mutation_prob <= 1:
+        raise QsposError(f"search.mutation_prob: {s.mutation_prob} is outside [0, 1]")
     if s.val_images is not None and s.val_images < 1:
         raise QsposError(f"search.val_images: must be positive or null, got {s.val_images}")
     check_budget_entries(s.budgets, "search.budgets")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from qspos.errors import QsposError
 from qspos.runtime.config import DataConfig, ModelConfig
+from qspos.runtime.task import Task, current, dataset_of
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MEAN_STD = {
@@ -230,7 +231,11 @@ def split_indices(n: int, val_size: int, seed: int, train_subset: int | None = N
 
 
 def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
-    """The three splits of the configured dataset (the val split is held out of train)."""
+    """The three splits of the configured dataset (the val split is held out of train), or of
+    the data the running task passed (``runtime.task``)."""
+    task = current()
+    if task.has_data:
+        return _task_splits(cfg, task)
     if cfg.dataset == "imagefolder":
         return _imagefolder(cfg, model)
     mean, std = _mean_std(cfg, model, MEAN_STD.get(cfg.dataset))
@@ -249,6 +254,33 @@ def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
         val=TensorImages(x_train[vi], y_train[vi], mean, std, augment=False),
         test=TensorImages(x_test, y_test, mean, std, augment=False),
     )
+
+
+def _task_splits(cfg: DataConfig, task: Task) -> DataSplits:
+    """The caller's datasets; without ``val``, ``data.val_size`` items are held out of train."""
+    train = dataset_of(task.train)
+    if task.val is not None:
+        val = dataset_of(task.val)
+    else:
+        train_idx, val_idx = split_indices(len(train), min(cfg.val_size, len(train) // 2), cfg.split_seed, None)
+        train, val = Subset(train, train_idx), Subset(train, val_idx)
+    if cfg.train_subset is not None:
+        train = Subset(train, range(min(cfg.train_subset, len(train))))
+    test = dataset_of(task.test) if task.test is not None else _Missing("test")
+    return DataSplits(train=train, calib=train, val=val, test=test)
+
+
+class _Missing(Dataset):
+    """A split the caller did not pass: any use of it says what to pass."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __len__(self) -> int:
+        raise QsposError(f"data: this step needs the {self.name} split: pass {self.name}=... with your data")
+
+    def __getitem__(self, i: int):  # noqa: ANN204
+        len(self)
 
 
 def make_loader(

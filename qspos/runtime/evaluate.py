@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 from qspos.core.arch import Arch
 from qspos.runtime.data import first_images, make_loader
 from qspos.runtime.distributed import Dist
+from qspos.runtime.task import current
 
 IN_MEMORY_BYTES = 1 << 30  # fixed image sets up to this size are held as ready batches
 
@@ -52,13 +53,20 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, device: torch.device | st
 
 
 @torch.no_grad()
-def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str) -> tuple[float, float]:
-    """(top-1, top-5) accuracy over ``loader`` as fractions in [0, 1], in eval mode.
+def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str) -> tuple[float, float | None]:
+    """(top-1, top-5) accuracy over ``loader`` as fractions in [0, 1], in eval mode; with the
+    running task's score (``runtime.task``), (score, None).
 
     Top-5 is top-k with k = min(5, number of classes). The model's mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
+    score = current().score
+    if score is not None:
+        try:
+            return float(score(model, _OnDevice(loader, device))), None
+        finally:
+            model.train(was_training)
     correct1 = correct5 = total = 0
     try:
         for x, y in loader:
@@ -73,6 +81,17 @@ def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str
     if total == 0:
         return 0.0, 0.0
     return correct1 / total, correct5 / total
+
+
+class _OnDevice:
+    """``loader``'s (input, target) batches moved to ``device``, for a caller's score."""
+
+    def __init__(self, loader: Iterable, device: torch.device | str):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):  # noqa: ANN204
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 def split_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, workers: int,

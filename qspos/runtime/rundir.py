@@ -56,6 +56,11 @@ class NetDir:
         return self.path / "arch.yaml"
 
     @property
+    def layers(self) -> Path:
+        """Per-layer precision table: the model's module name -> bits and channels."""
+        return self.path / "layers.json"
+
+    @property
     def started(self) -> bool:
         """Was this net fine-tuned, or is it being? (then a fresh start must not overwrite it)"""
         return any(p.exists() for p in (self.model, self.train_checkpoint, self.result))

@@ -36,6 +36,7 @@ from qspos.runtime.data import make_loader
 from qspos.runtime.distributed import Dist
 from qspos.runtime.optim import ActiveParts, make_optimizer
 from qspos.runtime.progress import MetricsLog, console, progress_bar
+from qspos.runtime.task import current
 
 # OptimConfig fields that do not change the trajectory (a resume may change them).
 _NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
@@ -83,7 +84,8 @@ def fit(
     progress_interval_s: float = 30.0,
     compile_model: bool = False,
 ) -> FitResult:
-    """Train ``model`` (classification, cross-entropy) on ``dataset`` as ``optim`` says.
+    """Train ``model`` (classification, cross-entropy; or the running task's loss, see
+    ``runtime.task``) on ``dataset`` as ``optim`` says.
 
     - ``batch_size`` is global: each of ``dist.world`` ranks takes ``batch_size / world`` images
       of every step (DDP when world > 1; every rank must run the same ``before_step``).
@@ -174,6 +176,7 @@ def fit(
     if compile_model:
         net = torch.compile(net)
     criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    task_loss = current().loss  # the caller's loss(model, batch), if any: no logits, no top-1
     n_epochs = math.ceil(total / steps_per_epoch)
     local_batch = batch_size // dist.world
     start_step, t_start = step, time.perf_counter()
@@ -195,8 +198,11 @@ def fit(
                 amp = torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext()
                 try:
                     with amp:
-                        logits = net(x)
-                        loss = criterion(logits, y)
+                        if task_loss is None:
+                            logits = net(x)
+                            loss = criterion(logits, y)
+                        else:
+                            logits, loss = None, task_loss(net, (x, y))
                     watch.see(step, loss)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -206,7 +212,7 @@ def fit(
                     watch.fail(step, "a quantizer met a non-finite scale")
                 scaler.update()
                 sched.step()
-                meter.add(loss.detach(), logits.detach(), y)
+                meter.add(loss.detach(), None if logits is None else logits.detach(), y)
                 step += 1
                 bar.update(task, advance=1)
                 last = step == total
@@ -347,9 +353,10 @@ class _Meter:
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
         self.t0 = time.perf_counter()
 
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        n = y.numel()
-        correct = (logits.argmax(1) == y).sum()
+    def add(self, loss: Tensor, logits: Tensor | None, y: Tensor) -> None:
+        """One batch; without logits (a caller's loss) its top-1 is not a number."""
+        n = y.shape[0]
+        correct = (logits.argmax(1) == y).sum() if logits is not None else torch.tensor(math.nan, device=self.device)
         self.sums += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=self.device,
                                                                                     dtype=torch.float64)])
 

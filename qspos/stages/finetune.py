@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from qspos.core.cost import CostModel
 from qspos.core.space import Space
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet, quant_backend
+from qspos.runtime.build import build_supernet, load_finetuned, load_supernet, quant_backend
 from qspos.runtime.checkpoint import atomic_save, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.data import DataSplits, calibration_loader, load_splits
@@ -73,6 +73,8 @@ class FinetuneResult:
     train_seconds: float
     val_images: int | None = None  # the sizes of the splits the accuracies were measured on
     test_images: int | None = None
+    # the standalone Brevitas module, as finetune() returns it (not part of result.json)
+    model: ClassVar[nn.Module | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         return result_record(self, dir=str(self.dir))
@@ -201,7 +203,9 @@ def finetune(
             check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train)))
         else:
             _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record)
-        results.append(FinetuneResult.from_dict(json.loads(net.result.read_text())))
+        result = FinetuneResult.from_dict(json.loads(net.result.read_text()))
+        result.model = load_finetuned(cfg, net.model)[0]
+        results.append(result)
     record()
     return results
 
@@ -244,6 +248,7 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
             test_images=len(splits.test), **cost,
         )
         save_finetuned(net, model, target, supernet_fp)
+        write_json(net.layers, layer_table(costs, target.arch))
         write_json(net.result, result.to_dict())
     dist.barrier()
 
@@ -266,6 +271,14 @@ def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: s
     atomic_save({"model": model.state_dict(), "arch": target.arch.to_dict(), "fingerprint": supernet_fp,
                  "name": target.name, "complete": True}, net.model)
     save_arch(target.arch, net.arch)
+
+
+def layer_table(costs: CostModel, arch: Arch) -> dict[str, dict[str, Any]]:
+    """``layers.json``: each Conv2d/Linear by the model's own module name, with the bits (32: float)
+    and channels ``arch`` gives it, so other tools can apply the chosen precisions."""
+    return {lc.name: {"kind": lc.kind, "w_bits": lc.w_bits, "a_bits": lc.a_bits, "in_channels": lc.in_channels,
+                      "out_channels": lc.out_channels, "searched": lc.searched}
+            for lc in costs.cost(arch).layers}
 
 
 # ---------------------------------------------------------------------------- tables

@@ -1,0 +1,82 @@
+"""What a Python caller passes besides the config: its model, data, loss and score.
+
+A :class:`Task` wins over the config's ``model`` and ``data`` sections and over cross-entropy and
+top-1. The stages read it from the context the API sets (``with using(task): ...``), so a stage
+called from the command line, with no task, behaves as the config says.
+
+- ``model``: an ``nn.Module`` (converted as any model is); the run directory then records
+  ``model.name: object:<module>.<Class>``, and reloading the run needs the same object again.
+- ``train``/``val``/``test``: ``Dataset`` s or ``DataLoader`` s yielding ``(input, target)``
+  pairs (a loader gives its dataset; qspos makes its own seeded loaders so runs resume exactly).
+  Without ``val``, ``data.val_size`` items are held out of ``train``.
+- ``loss(model, batch) -> Tensor``: the training loss of a batch (supernet training and
+  fine-tuning); default cross-entropy with ``label_smoothing``.
+- ``score(model, loader) -> float``: higher is better; the search ranks candidates by it, and it
+  stands in every ``*_top1`` result field (top-5 is then None). Default: top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from qspos.errors import QsposError
+
+Data = Dataset | DataLoader
+Loss = Callable[[nn.Module, Any], Tensor]
+Score = Callable[[nn.Module, Iterable], float]
+OBJECT_PREFIX = "object:"  # model.name of a run whose model was passed as an object
+
+
+@dataclass(frozen=True)
+class Task:
+    model: nn.Module | None = None
+    train: Data | None = None
+    val: Data | None = None
+    test: Data | None = None
+    loss: Loss | None = None
+    score: Score | None = None
+
+    @property
+    def has_data(self) -> bool:
+        return self.train is not None
+
+    def model_name(self) -> str:
+        """What ``model.name`` records for a model passed as an object."""
+        cls = type(self.model)
+        return f"{OBJECT_PREFIX}{cls.__module__}.{cls.__qualname__}"
+
+
+_NONE = Task()
+_current: ContextVar[Task | None] = ContextVar("qspos_task", default=None)
+
+
+def current() -> Task:
+    """The task of the running API call (an empty one on the command line)."""
+    return _current.get() or _NONE
+
+
+@contextlib.contextmanager
+def using(task: Task) -> Iterator[Task]:
+    """Run the stages inside with ``task``'s objects."""
+    if (task.val is not None or task.test is not None) and task.train is None:
+        raise QsposError("data: pass train= too when passing val= or test= (the supernet trains on it)")
+    token = _current.set(task)
+    try:
+        yield task
+    finally:
+        _current.reset(token)
+
+
+def dataset_of(data: Data) -> Dataset:
+    return data.dataset if isinstance(data, DataLoader) else data
+
+
+def batch_size_of(data: Data | None) -> int | None:
+    return data.batch_size if isinstance(data, DataLoader) else None
