@@ -194,7 +194,10 @@ class Supernet(_supernet.Supernet):
     def from_model(cls, model: nn.Module, space: Mapping | SpaceConfig,
                    input_shape: tuple[int, int, int]) -> Supernet:
         """``model`` (left untouched) converted from its graph, spanning ``space`` (the config's
-        ``space`` section: a dict or a ``SpaceConfig``), for inputs of ``input_shape`` (C, H, W)."""
+        ``space`` section: a dict or a ``SpaceConfig``), for inputs of ``input_shape`` (C, H, W).
+
+        >>> sn = qspos.Supernet.from_model(net, {"pairs": [[2, 4], [4, 4]]}, (3, 32, 32))  # doctest: +SKIP
+        """
         space_cfg = space if isinstance(space, SpaceConfig) else load_config({"space": dict(space)}).space
         converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie)
         supernet = cls(converted.net, converted.declaration, space_cfg)
@@ -202,7 +205,10 @@ class Supernet(_supernet.Supernet):
         return supernet
 
     def cost(self, arch: Arch) -> Cost:
-        """MACs, BitOps and size of ``arch``, per layer (shapes traced once, on first use)."""
+        """MACs, BitOps and size of ``arch``, per layer (shapes traced once, on first use).
+
+        >>> sn.cost(sn.space.uniform(4, 4)).bitops  # doctest: +SKIP
+        """
         if getattr(self, "_costs", None) is None:
             self._costs = CostModel(self, self.input_shape)
         return self._costs.cost(arch)

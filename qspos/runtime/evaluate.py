@@ -33,6 +33,8 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, device: torch.device | st
     Statistics are reset, then accumulated as a cumulative average (``momentum=None``) with only
     the BatchNorms in train mode, so dropout and the like stay deterministic. Every module's
     mode and every BatchNorm's momentum are restored afterwards.
+
+    >>> supernet.set_arch(arch); qspos.recalibrate_bn(supernet, [(x, None)], "cpu")  # doctest: +SKIP
     """
     norms = _batchnorms(model)
     modes = {m: m.training for m in model.modules()}
