@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,6 +23,7 @@ import torch
 from qspos.core.cost import CostModel
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
+from qspos.runtime.provenance import cpu_name, git_commit, machine  # noqa: F401  (the other benchmarks import them from here)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,34 +39,6 @@ def rate(fn, archs: list, seconds: float) -> float:
             n += len(archs)
         best = max(best, n / (time.perf_counter() - start))
     return best
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    """The short commit the results come from (None outside a git checkout)."""
-    try:
-        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
-
-
-def machine() -> str:
-    cpu = cpu_name()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (load average {load} at the start), "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def main() -> None:

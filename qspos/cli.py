@@ -19,6 +19,7 @@ from qspos.errors import QsposError
 
 if TYPE_CHECKING:
     from qspos.runtime.config import Config
+    from qspos.stages.bench import Plan
 
 EPILOG = "Every command also works as 'python -m qspos ...' and under torchrun. Docs: README.md."
 
@@ -87,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", metavar="OUT.json", help="table to write (for search.latency_table)")
     p.add_argument("--reps", type=int, default=5, help="timed runs per layer setting (median)")
     p.add_argument("--batch-size", type=int, default=1)
+
+    p = sub.add_parser("bench", help="accuracy against BitOps: float, uniform, searched and random nets over seeds")
+    _common(p, out=False)
+    p.add_argument("--out", help="benchmark directory: checkpoints and results (default: runs/NAME-bench)")
+    bench_arguments(p)
     return parser
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``qspos bench`` and ``benchmarks/bench_accuracy.py`` share."""
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--init", choices=["supernet", "scratch"], default="supernet",
+                   help="start quantized nets from the supernet's weights (default) or from scratch")
+    p.add_argument("--parts", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=None,
+                   metavar="PART,...", help="which kinds of net to train (default all: "
+                   "float,uniform,searched,random,ranking)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the results from the finished nets")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -225,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """A table; exit 1 if an ONNX check failed."""
+    """A table; exit 1 if an exported file failed its check against PyTorch."""
     from qspos.runtime.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, one process exports
@@ -241,9 +258,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     for r in results:
         for fmt, why in r.skipped.items():
             console.print(f"[yellow]{r.name}: {fmt} skipped: {why}")
-    failed = [r.name for r in results if r.check_ok is False]
+    failed = [f"{r.name} ({', '.join(r.failed())})" for r in results if r.check_ok is False]
     if failed:
-        console.print(f"[red]onnxruntime and PyTorch disagree on test top-1 for {', '.join(failed)}")
+        console.print(f"[red]exported files disagree with PyTorch: {'; '.join(failed)} (see each summary.json)")
         return 1
     console.print(f"wrote {run.path / run.EXPORT}")
     return 0
@@ -254,6 +271,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qspos.stages.run import run
 
     run(cfg, args.out, resume=args.resume)
+    return 0
+
+
+def bench_plan(args: argparse.Namespace) -> Plan:
+    """The :class:`qspos.stages.bench.Plan` of a bench invocation (no parts with --report-only)."""
+    from qspos.stages.bench import PARTS, Plan
+
+    parts = () if args.report_only else tuple(args.parts) if args.parts is not None else PARTS
+    return Plan(seeds=args.seeds, init=args.init, parts=parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from qspos.stages.bench import run_bench
+
+    out = args.out or f"{cfg.runs_dir}/{cfg.name}-bench"
+    run_bench(cfg, out, out, bench_plan(args), resume=args.resume or args.report_only,
+              command=" ".join(["qspos", *sys.argv[1:]]))
     return 0
 
 
@@ -269,7 +304,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "eval": cmd_eval,
-    "export": cmd_export, "run": cmd_run, "latency": cmd_latency, "space": cmd_space,
+    "export": cmd_export, "run": cmd_run, "latency": cmd_latency, "space": cmd_space, "bench": cmd_bench,
 }
 
 

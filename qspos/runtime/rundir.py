@@ -143,6 +143,11 @@ class RunDir:
     def net(self, name: str) -> NetDir:
         return NetDir(self.path / self.FINETUNE / name)
 
+    @property
+    def float_net(self) -> NetDir:
+        """``float/``: the float baseline (the backbone unquantized, fine-tuning recipe)."""
+        return NetDir(self.path / "float")
+
     def finetuned(self) -> list[NetDir]:
         """Every finished fine-tuned net, by name."""
         return [NetDir(p.parent) for p in sorted((self.path / self.FINETUNE).glob("*/result.json"))

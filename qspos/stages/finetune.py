@@ -169,17 +169,21 @@ def finetune(
     arch: Arch | str | Path | None = None,
     pick: int | None = None,
     resume: bool = False,
+    targets: list[Target] | None = None,
 ) -> list[FinetuneResult]:
-    """Fine-tune the chosen archs of a run (see :func:`finetune_targets`) into
-    ``run_dir/finetune/<name>/``. With ``resume``, finished nets are kept and a killed one goes on
-    from its checkpoint; without it, existing outputs are refused. Works under torchrun.
-    ``config.yaml`` is written once the first net's training is accepted (or, when every net is
-    already done, at the end)."""
+    """Fine-tune the chosen archs of a run (see :func:`finetune_targets`), or the named
+    ``targets`` (e.g. a benchmark's baselines), into ``run_dir/finetune/<name>/``. With
+    ``resume``, finished nets are kept and a killed one goes on from its checkpoint; without it,
+    existing outputs are refused. Works under torchrun. ``config.yaml`` is written once the first
+    net's training is accepted (or, when every net is already done, at the end)."""
     run = RunDir.of(cfg, run_dir)
     if isinstance(arch, (str, Path)):
         arch = load_arch(arch)
     reference = build_supernet(cfg)
-    targets = finetune_targets(cfg, run, reference.space, arch, pick)
+    if targets is None:
+        targets = finetune_targets(cfg, run, reference.space, arch, pick)
+    else:
+        targets = [Target(t.name, reference.space.validate(t.arch), t.search_val_top1) for t in targets]
     if not resume:
         claim_outputs(run, targets)
     device = pick_device(cfg.finetune.device)

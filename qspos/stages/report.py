@@ -17,6 +17,7 @@ from qspos.runtime.build import build_supernet
 from qspos.runtime.files import write_text
 from qspos.runtime.progress import read_metrics
 from qspos.runtime.rundir import RunDir
+from qspos.stages.export import LOGIT_RTOL
 from qspos.stages.pareto import pareto_plot
 from qspos.stages.search import choice_text
 from qspos.stages.search_results import SearchResult
@@ -127,15 +128,25 @@ def _arch_section(search: SearchResult) -> list[str]:
 
 def _export_section(exported: dict[str, dict]) -> list[str]:
     lines = ["## Exports", "",
-             "QCDQ ONNX run in onnxruntime against PyTorch (max |logit difference| on a batch, test top-1); "
-             "packed weights against the cost model's size.", "",
-             "| net | files | max abs logit diff | PyTorch test | onnxruntime test | packed bytes | size_bits/8 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"Each file run against PyTorch on the same test images (matching: images whose logits are within "
+             f"{LOGIT_RTOL:.0%} of the largest): QCDQ in onnxruntime (and its test top-1, onnxruntime optimized), "
+             "QONNX with qonnx's executor, the packed weights as an integer model (quant_kernels.intops, "
+             "accumulators against Brevitas' integer codes); the packed size against the cost model's.", "",
+             "| net | file | run by | max abs logit diff | matching | same top-1 | test top-1 (PyTorch) "
+             "| exact accumulators | check | bytes | size_bits/8 |",
+             "|---|---|---|---:|---:|---:|---:|---|---|---:|---:|"]
     for name, s in exported.items():
-        diff = s.get("max_abs_logit_diff")
-        lines.append(f"| {name} | {', '.join(s['files'].values())} | {'-' if diff is None else f'{diff:.3g}'} "
-                     f"| {_p(s.get('torch_test_top1'))} | {_p(s.get('onnx_test_top1'))} "
-                     f"| {s.get('packed_bytes') or '-'} | {_num(s.get('theoretical_bytes'))} |")
+        for fmt, file in s["files"].items():
+            c = s.get("checks", {}).get(fmt) or {}
+            diff, acc = c.get("max_abs_logit_diff"), c.get("exact_accumulators")
+            top1 = "-" if c.get("test_top1") is None else f"{_p(c['test_top1'])} ({_p(c['torch_test_top1'])})"
+            packed = fmt == "packed"
+            lines.append(f"| {name} | {file} | {c.get('runtime', '-')} | {'-' if diff is None else f'{diff:.3g}'} "
+                         f"| {_p(c.get('matching'))} | {_p(c.get('top1_agreement'))} | {top1} "
+                         f"| {'-' if acc is None else 'yes' if acc else 'no'} "
+                         f"| {'-' if not c else 'ok' if c['ok'] else 'FAILED'} "
+                         f"| {s.get('packed_bytes') if packed else '-'} "
+                         f"| {_num(s.get('theoretical_bytes')) if packed else '-'} |")
     skipped = [f"- {name}: {fmt} skipped: {why}" for name, s in exported.items() for fmt, why in s["skipped"].items()]
     return lines + [""] + (skipped + [""] if skipped else [])
 

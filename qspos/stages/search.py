@@ -21,7 +21,7 @@ from qspos.core.evolution import Accept, breed, random_archs, ranked
 from qspos.core.metrics import ArchMetrics
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import load_supernet
+from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_state, set_python_rng_state
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
@@ -290,6 +290,20 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
         console.print(f"search: {result.evaluations} archs evaluated; results in {s.run.search}")
     s.dist.barrier()
     return result
+
+
+def evaluations(cfg: Config, run_dir: str | Path | RunDir | None = None) -> list[ParetoPoint]:
+    """Every arch a search evaluated (evolution, random search and uniform baselines) with its
+    supernet val top-1 and its cost, by BitOps: the pool a ranking study samples from."""
+    run = RunDir.of(cfg, run_dir)
+    state = load_checkpoint(run.search_state, require=("cache", "archs"))
+    metrics, _ = search_budgets(cfg, build_supernet(cfg))
+    points = []
+    for digest, top1 in state["cache"].items():
+        arch = Arch.from_dict(state["archs"][digest])
+        m = metrics(arch)
+        points.append(ParetoPoint(arch, top1, m["bitops"], m["size_bits"]))
+    return sorted(points, key=lambda p: (p.bitops, p.digest))
 
 
 def chosen_table(result: SearchResult, names: Sequence[str]) -> Any:

@@ -1,23 +1,43 @@
-"""Export: QCDQ ONNX in onnxruntime against PyTorch, QONNX, and exact packed-weight round trips."""
+"""Export: every file run against PyTorch (QCDQ in onnxruntime, QONNX in qonnx, the packed weights as an
+integer model), binary weights in QCDQ, mismatches caught, and exact packed-weight round trips."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import shutil
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from brevitas.nn import QuantConv2d
 
+import qspos.stages.export as export_stage
+from qspos.cli import main
 from qspos.core.arch import Arch
 from qspos.core.cost import CostModel
+from qspos.core.layers import BinaryWeightQuant, UnsignedActQuant
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet
+from qspos.runtime.build import build_supernet, load_finetuned
 from qspos.runtime.config import load_config
+from qspos.runtime.data import load_splits, make_loader
 from qspos.runtime.rundir import RunDir
-from qspos.stages.export import export, export_packed, quant_layers, require_onnx, unpack_weights
+from qspos.stages.export import (
+    ExportResult,
+    check_qcdq,
+    check_qonnx,
+    export,
+    export_packed,
+    first_images,
+    quant_layers,
+    require_onnx,
+    unpack_weights,
+)
 from qspos.stages.finetune import finetune
 from quant_kernels.packing import packed_size
+from tests.conftest import _perturb
 from tests.helpers import make_run, tiny_config
 
 
@@ -31,23 +51,143 @@ def _finetuned_run(tmp_path, perturb, w_bits: int, *overrides):
     return run_dir, net
 
 
-def test_qcdq_export_runs_in_onnxruntime_with_the_logits_of_pytorch(tmp_path, perturb):
-    run_dir, net = _finetuned_run(tmp_path, perturb, 2)
-    (res,) = export(run_dir, ["onnx-qcdq"])
-    assert res.files == {"onnx-qcdq": "model_qcdq.onnx"} and not res.skipped
-    assert res.max_abs_logit_diff is not None and res.max_abs_logit_diff < 1e-4
-    assert res.check_ok and res.onnx_test_top1 == pytest.approx(net.test_top1, abs=1e-3)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One W2A4 net exported in every format (tests that change its files work on copies)."""
+    run_dir, net = _finetuned_run(tmp_path_factory.mktemp("exported"), _perturb, 2)
+    (res,) = export(run_dir)
+    return run_dir, net, res
+
+
+def test_every_exported_file_is_run_and_checked_against_pytorch(exported):
+    run_dir, net, res = exported
+    assert set(res.files) == set(res.checks) == {"onnx-qcdq", "qonnx", "packed"} and not res.skipped
+    runtimes = {fmt: c.runtime for fmt, c in res.checks.items()}
+    assert runtimes == {"onnx-qcdq": "onnxruntime", "qonnx": "qonnx", "packed": "quant_kernels.intops"}
+    for fmt, c in res.checks.items():
+        assert c.ok and c.matching == c.top1_agreement == 1.0 and c.max_abs_logit_diff < 1e-4, fmt
+    qcdq, packed = res.checks["onnx-qcdq"], res.checks["packed"]
+    assert qcdq.images == packed.images == 160 and res.checks["qonnx"].images == 64  # 160 test images
+    assert qcdq.test_top1 == pytest.approx(net.test_top1, abs=1e-3) == qcdq.torch_test_top1
+    assert qcdq.optimized_max_abs_logit_diff < 1e-4  # no conv bias for onnxruntime's integer kernels to round
+    assert packed.exact_accumulators and packed.max_accumulator_error == 0 and packed.float_layers == []
     graph = onnx.load(res.dir / "model_qcdq.onnx").graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
-    assert json.loads((res.dir / "summary.json").read_text())["check_ok"] is True
+    summary = json.loads((res.dir / "summary.json").read_text())
+    assert summary["check_ok"] is True and summary["checks"]["packed"]["exact_accumulators"] is True
+    assert ExportResult.load(res.dir / "summary.json") == res
 
 
-def test_binary_weights_skip_qcdq_with_the_reason_and_export_to_qonnx(tmp_path, perturb):
-    run_dir, _ = _finetuned_run(tmp_path, perturb, 1)
+def test_the_qonnx_file_has_a_static_shape_and_runs_as_written(exported):
+    """qonnx's executor and FINN flows need a static input shape: the file runs with no edits."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    run_dir, _, res = exported
+    wrapper = ModelWrapper(str(res.dir / "model_qonnx.onnx"))
+    assert wrapper.get_tensor_shape("input") == [1, 1, 12, 12]
+    wrapper = cleanup_model(wrapper)
+    cfg = RunDir(run_dir).read_config()
+    x = load_splits(cfg.data, cfg.model).test[0][0].unsqueeze(0)
+    out = execute_onnx(wrapper, {wrapper.graph.input[0].name: x.numpy()})[wrapper.graph.output[0].name]
+    model, _ = load_finetuned(cfg, RunDir(run_dir).finetuned()[0].model)
+    with torch.no_grad():
+        assert (torch.from_numpy(out) - model(x)).abs().max() < 1e-4
+
+
+def test_binary_weights_export_to_qcdq_as_narrow_2bit_integers_with_parity(tmp_path, perturb):
+    run_dir, net = _finetuned_run(tmp_path, perturb, 1)
+    model, _ = load_finetuned(RunDir(run_dir).read_config(), net.dir / "model.pt")
+    n_binary = sum(int(layer.quant_weight().bit_width) == 1 for _, layer in quant_layers(model))
     (res,) = export(run_dir, ["onnx-qcdq", "qonnx"])
-    assert "1-bit" in res.skipped["onnx-qcdq"] and res.check_ok is None
-    ops = {n.op_type for n in onnx.load(res.dir / "model_qonnx.onnx").graph.node}
-    assert {"BipolarQuant", "Quant"} <= ops
+    assert res.check_ok and not res.skipped
+    assert res.checks["onnx-qcdq"].max_abs_logit_diff < 1e-4 and res.checks["qonnx"].max_abs_logit_diff < 1e-4
+    graph = onnx.load(res.dir / "model_qcdq.onnx").graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    binary = []  # integer weights with codes -1/+1 only, clipped to [-1, 1] before DequantizeLinear
+    for node in graph.node:
+        codes = inits.get(node.input[0])
+        if node.op_type == "Clip" and codes is not None and codes.dtype == np.int8:
+            if set(np.unique(codes)) <= {-1, 1}:
+                binary.append((int(inits[node.input[1]]), int(inits[node.input[2]])))
+    assert n_binary == 8 and len(binary) == n_binary and set(binary) == {(-1, 1)}  # ResNet-8's searched convs
+    assert {"BipolarQuant", "Quant"} <= {n.op_type for n in onnx.load(res.dir / "model_qonnx.onnx").graph.node}
+
+
+def test_layers_wider_than_8_bits_skip_qcdq_with_the_reason(tmp_path, perturb):
+    run_dir, _ = _finetuned_run(tmp_path, perturb, 2, "space.first.w_bits=16")
+    (res,) = export(run_dir, ["onnx-qcdq"])
+    assert res.skipped == {"onnx-qcdq": "QCDQ holds integers of at most 8 bits; conv1 has 16-bit weights"}
+    assert not res.files and res.check_ok is None
+
+
+@pytest.mark.parametrize("export_weight_q_node", [False, True])
+def test_a_binary_layer_in_qcdq_computes_what_brevitas_does(tmp_path, export_weight_q_node):
+    """Both ways Brevitas writes QCDQ weights (integer initializers, or QuantizeLinear on floats:
+    there the float weights would round to 0 where |w| < t / 2 without the fake-quantized values)."""
+    import onnxruntime as ort
+
+    from qspos.stages.export_qcdq import QCDQManager
+
+    torch.manual_seed(0)
+    layer = QuantConv2d(4, 3, 3, weight_quant=BinaryWeightQuant, weight_scaling_init=torch.rand(3, 1, 1, 1) + 0.5,
+                        input_quant=UnsignedActQuant, input_bit_width=4, input_scaling_init=torch.tensor(1.0)).eval()
+    x = torch.rand(2, 4, 6, 6)
+    path = tmp_path / "binary.onnx"
+    QCDQManager.export(copy.deepcopy(layer), args=(x,), export_path=str(path), dynamo=False,
+                       export_weight_q_node=export_weight_q_node)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = layer(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - expected).max() < 1e-5
+
+
+def _negate_logits(path):
+    """A deliberate mismatch: the file's graph with its output negated."""
+    model = onnx.load(path)
+    graph = model.graph
+    out = graph.output[0].name
+    producer = next(n for n in graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = "pre_logits"
+    graph.node.append(onnx.helper.make_node("Neg", ["pre_logits"], [out]))
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("fmt", ["onnx-qcdq", "qonnx"])
+def test_an_onnx_file_that_computes_something_else_fails_its_check(exported, tmp_path, fmt):
+    run_dir, net, res = exported
+    path = tmp_path / res.files[fmt]
+    shutil.copy(res.dir / res.files[fmt], path)
+    _negate_logits(path)
+    cfg = RunDir(run_dir).read_config()
+    model, _ = load_finetuned(cfg, net.dir / "model.pt")
+    test = load_splits(cfg.data, cfg.model).test
+    loader = make_loader(test, 32, shuffle=False, workers=0)
+    images = first_images(loader, 64)
+    with torch.no_grad():
+        logits = model(images)
+    check = (check_qcdq(path, images, logits, loader, net.test_top1) if fmt == "onnx-qcdq"
+             else check_qonnx(path, images, logits))
+    assert not check.ok and check.matching == 0 and check.top1_agreement < 0.5
+
+
+def test_a_broken_packer_fails_the_integer_check_and_the_command(tmp_path, perturb, monkeypatch, capsys):
+    run_dir, _ = _finetuned_run(tmp_path, perturb, 2)
+    real_pack = export_stage.pack
+
+    def pack_with_a_flipped_bit(values, bits, signed):
+        data = bytearray(real_pack(values, bits, signed))
+        data[0] ^= 1 << (bits - 1)  # the sign bit of the first weight
+        return bytes(data)
+
+    monkeypatch.setattr(export_stage, "pack", pack_with_a_flipped_bit)
+    assert main(["export", str(run_dir), "--format", "packed"]) == 1
+    assert "(packed)" in capsys.readouterr().err
+    res = ExportResult.load(RunDir(run_dir).export_summaries()[0])
+    packed = res.checks["packed"]
+    assert res.check_ok is False and not packed.ok and packed.exact_accumulators is False
+    assert packed.max_accumulator_error >= 1 and packed.matching < 1
 
 
 @pytest.mark.parametrize("bits", [(1, 3, 5), (2, 6, 7)])
