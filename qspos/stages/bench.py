@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -487,18 +488,20 @@ def read_ledger(work: str | Path) -> list[dict[str, Any]]:
 
 
 class Ledger:
-    """Records this invocation's wall time in the work directory's ledger (updated as it runs)."""
+    """Records this invocation's wall time in the work directory's ledger, updated as it runs;
+    invocations running at once (pieces on different cores) each keep their own entry."""
 
     def __init__(self, work: str | Path, command: str, commit: str | None, machine: str):
-        self.path = BenchDir(work).ledger
-        self.entry = {"command": command, "commit": commit, "machine": machine,
-                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_seconds": 0.0}
+        self.work, self.path = work, BenchDir(work).ledger
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        self.entry = {"id": f"{started} pid {os.getpid()}", "command": command, "commit": commit,
+                      "machine": machine, "started": started, "wall_seconds": 0.0}
         self.t0 = time.perf_counter()
-        self.entries = read_ledger(work) + [self.entry]
 
     def update(self) -> None:
         self.entry["wall_seconds"] = round(time.perf_counter() - self.t0, 1)
-        write_json(self.path, self.entries)
+        others = [e for e in read_ledger(self.work) if e.get("id") != self.entry["id"]]
+        write_json(self.path, [*others, self.entry])
 
 
 # ---------------------------------------------------------------------------- writing the results
