@@ -129,7 +129,8 @@ def _arch_section(search: SearchResult) -> list[str]:
 def _export_section(exported: dict[str, dict]) -> list[str]:
     lines = ["## Exports", "",
              f"Each file run against PyTorch on the same test images (matching: images whose logits are within "
-             f"{LOGIT_RTOL:.0%} of the largest): QCDQ in onnxruntime (and its test top-1, onnxruntime optimized), "
+             f"{LOGIT_RTOL:.0%} of the largest): QCDQ in onnxruntime as written (and its test top-1; "
+             "also with onnxruntime's optimizations, which round conv biases: not judged), "
              "QONNX with qonnx's executor, the packed weights as an integer model (quant_kernels.intops, "
              "accumulators against Brevitas' integer codes); the packed size against the cost model's.", "",
              "| net | file | run by | max abs logit diff | matching | same top-1 | test top-1 (PyTorch) "
@@ -139,7 +140,8 @@ def _export_section(exported: dict[str, dict]) -> list[str]:
         for fmt, file in s["files"].items():
             c = s.get("checks", {}).get(fmt) or {}
             diff, acc = c.get("max_abs_logit_diff"), c.get("exact_accumulators")
-            top1 = "-" if c.get("test_top1") is None else f"{_p(c['test_top1'])} ({_p(c['torch_test_top1'])})"
+            top1 = "-" if c.get("test_top1") is None else (f"{_p(c['test_top1'])} ({_p(c['torch_test_top1'])}; "
+                                                           f"optimized {_p(c['optimized_test_top1'])})")
             packed = fmt == "packed"
             lines.append(f"| {name} | {file} | {c.get('runtime', '-')} | {'-' if diff is None else f'{diff:.3g}'} "
                          f"| {_p(c.get('matching'))} | {_p(c.get('top1_agreement'))} | {top1} "

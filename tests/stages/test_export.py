@@ -12,7 +12,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from brevitas.nn import QuantConv2d
+from torch import nn
 
 import qspos.stages.export as export_stage
 from qspos.cli import main
@@ -59,6 +61,32 @@ def exported(tmp_path_factory):
     return run_dir, net, res
 
 
+class FireNet(nn.Module):
+    """Not a ResNet: convs with biases, a SqueezeNet fire module (concatenation), a depthwise conv
+    in a residual add, BatchNorm, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.squeeze = nn.Conv2d(8, 4, 1)
+        self.expand1, self.expand3 = nn.Conv2d(4, 8, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        s = F.relu(self.squeeze(x))
+        x = torch.cat([F.relu(self.expand1(s)), F.relu(self.expand3(s))], 1)
+        x = x + F.relu(self.bn(self.dw(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def fire_net() -> nn.Module:
+    """``model.name: tests.stages.test_export:fire_net``."""
+    return FireNet()
+
+
 def test_every_exported_file_is_run_and_checked_against_pytorch(exported):
     run_dir, net, res = exported
     assert set(res.files) == set(res.checks) == {"onnx-qcdq", "qonnx", "packed"} and not res.skipped
@@ -94,6 +122,20 @@ def test_the_qonnx_file_has_a_static_shape_and_runs_as_written(exported):
     model, _ = load_finetuned(cfg, RunDir(run_dir).finetuned()[0].model)
     with torch.no_grad():
         assert (torch.from_numpy(out) - model(x)).abs().max() < 1e-4
+
+
+def test_a_converted_fire_module_net_with_binary_weights_passes_every_check(tmp_path, perturb):
+    """The user's own topology (concatenation, depthwise conv, conv biases) through the converter,
+    1-bit weights on every searched layer, every format."""
+    run_dir, _ = _finetuned_run(tmp_path, perturb, 1, "model.name=tests.stages.test_export:fire_net",
+                                "model.args={}")
+    (res,) = export(run_dir)
+    assert res.check_ok and set(res.checks) == {"onnx-qcdq", "qonnx", "packed"}, res.checks
+    assert all(c.max_abs_logit_diff < 1e-4 for c in res.checks.values()), res.checks
+    packed = res.checks["packed"]
+    assert packed.exact_accumulators and packed.float_layers == []
+    header = json.loads((res.dir / "weights.json").read_text())["layers"]
+    assert {e["name"]: e["encoding"] for e in header}["dw"] == "binary"
 
 
 def test_binary_weights_export_to_qcdq_as_narrow_2bit_integers_with_parity(tmp_path, perturb):
