@@ -62,6 +62,8 @@ def _with_task(config: ConfigLike, task: Task) -> Config:
             raise QsposError(f"train: the inputs must be square images (C, H, W), got shape {tuple(x.shape)}")
         model = dataclasses.replace(model, in_channels=int(x.shape[0]), input_size=int(x.shape[1]))
     data = cfg.data
+    if task.train is not None:
+        data = dataclasses.replace(data, dataset="objects")
     if batch_size_of(task.train):
         data = dataclasses.replace(data, batch_size=batch_size_of(task.train))
     if batch_size_of(task.val) or batch_size_of(task.test):

@@ -97,6 +97,7 @@ def test_a_pipeline_from_objects_only(tmp_path):
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert recorded["model"]["name"] == "object:torch.nn.modules.container.Sequential"
     assert recorded["data"]["batch_size"] == 16 and recorded["model"]["input_size"] == 12
+    assert recorded["data"]["dataset"] == "objects"
 
     # .model is the standalone Brevitas module, equal to the exported QCDQ file in onnxruntime
     assert not any(isinstance(m, SearchableLayer) for m in net.model.modules())
@@ -118,6 +119,8 @@ def test_a_pipeline_from_objects_only(tmp_path):
         qspos.load_quantized(run_dir, net.name)
     with pytest.raises(QsposError, match="no fine-tuned net 'w9'.*finished ones: w3a6"):
         qspos.load_quantized(run_dir, "w9", model=model)
+    with pytest.raises(QsposError, match="data was passed as objects: pass the same train=, val= and test="):
+        qspos.export(run_dir, ["onnx-qcdq"], model=model)
 
     # layers.json: the user's module names -> the chosen precision and channels
     layers = json.loads((run_dir / "finetune" / net.name / "layers.json").read_text())

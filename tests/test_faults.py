@@ -142,7 +142,7 @@ def test_finetune_killed_and_resumed(reference, tmp_path):
     _kill(proc)
     assert not (out / "finetune" / "w3a3" / "model.pt").exists()
     assert main(["finetune", str(cfg), "--out", str(out), "--resume"]) == 0
-    assert len(_same_run(reference[1], out, ("finetune/",))) == 4  # model, train state, result, arch
+    assert len(_same_run(reference[1], out, ("finetune/",))) == 5  # model, train state, result, arch, layers
 
 
 @pytest.mark.parametrize("moment", ["supernet.pt", "search/state.pt", "finetune/w3a3/train.pt"])

@@ -59,7 +59,8 @@ class QuantConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion_mnist"
+    # objects: the Python caller passed its datasets (the run records that it needs them again)
+    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "objects"] = "fashion_mnist"
     root: str | None = None  # default: the Debian package's folder for Fashion-MNIST
     download: bool = False  # let torchvision download a missing dataset
     val_size: int = 5000  # held out from the training split; the search only sees it

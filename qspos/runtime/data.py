@@ -236,6 +236,9 @@ def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
     task = current()
     if task.has_data:
         return _task_splits(cfg, task)
+    if cfg.dataset == "objects":
+        raise QsposError("this run's data was passed as objects: pass the same train=, val= and test= again "
+                         "(or set data.dataset to a dataset qspos can load)")
     if cfg.dataset == "imagefolder":
         return _imagefolder(cfg, model)
     mean, std = _mean_std(cfg, model, MEAN_STD.get(cfg.dataset))
