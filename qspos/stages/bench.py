@@ -52,6 +52,7 @@ UNIFORM_BITS = (2, 3, 4, 8)
 PARTS = ("float", "uniform", "searched", "random", "ranking")
 INITS = ("supernet", "scratch")
 RANK_ARCHS = 16
+PLOT_EVERY_S = 60.0
 TOP_K = (3, 5, 8)
 # the issue's targets: float top-1; W4A4's gap to float; searched minus uniform (at every budget,
 # and at the 2-bit one); Kendall tau; hours of the whole benchmark; seeds a mean needs
@@ -139,7 +140,7 @@ def uniform_tag(bits: int) -> str:
 # ---------------------------------------------------------------------------- running it
 
 
-def bench(cfg: Config, work: str | Path, plan: Plan = Plan(), on_progress: Callable[[], None] | None = None) -> None:
+def bench(cfg: Config, work: str | Path, plan: Plan = Plan(), on_progress: Callable[[], object] | None = None) -> None:
     """Train every net of ``plan`` into ``work`` (see the module doc), keeping finished ones (the
     supernet and the search run when a part needs them). ``on_progress`` runs after each
     finished piece (e.g. to rewrite the results)."""
@@ -190,17 +191,22 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = Plan(
         raise QsposError(f"{wd.path} already holds a benchmark: pass --resume to continue it, or choose another --out")
     provenance = {"command": command, "commit": git_commit(), "machine": machine()}
     ledger = Ledger(work, **provenance) if plan.parts else None
+    budgets = search_budgets(cfg, build_supernet(cfg))[1]
+    plotted = -math.inf
 
-    def progress() -> dict[str, Any]:
+    def progress(final: bool = False) -> dict[str, Any]:
+        nonlocal plotted
         if ledger is not None:
             ledger.update()
-        return write_results(cfg, work, out, plan, provenance)
+        plots = final or time.monotonic() - plotted > PLOT_EVERY_S  # a plot costs seconds: not after every tiny net
+        plotted = time.monotonic() if plots else plotted
+        return write_results(cfg, work, out, plan, budgets, provenance, plots)
 
     bench(cfg, work, plan, on_progress=progress)
-    return progress()
+    return progress(final=True)
 
 
-def _done(on_progress: Callable[[], None] | None) -> None:
+def _done(on_progress: Callable[[], object] | None) -> None:
     if on_progress is not None:
         on_progress()
 
@@ -218,7 +224,7 @@ def _uniform_score(found: SearchResult, bits: int) -> float | None:
     return None
 
 
-def _supernet_and_search(cfg: Config, run: RunDir, on_progress: Callable[[], None] | None) -> None:
+def _supernet_and_search(cfg: Config, run: RunDir, on_progress: Callable[[], object] | None) -> None:
     """The seed's supernet and search, each skipped when finished with these settings."""
     if supernet_complete(run.supernet):
         check_trained(cfg, run)
@@ -462,14 +468,13 @@ def expected(cfg: Config, plan: Plan) -> list[str]:
     return [f"{s}/{n}" for s in range(plan.seeds) for n in names] + [f"0/rank x{plan.rank_archs}"]
 
 
-def collect(cfg: Config, work: str | Path, plan: Plan) -> dict[str, Any]:
+def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]) -> dict[str, Any]:
     """``results.json``'s content from whatever is finished in ``work``."""
     nets = finished_nets(work, plan.init)
     rank = ranking(nets)
     sample = f"0/rank x{plan.rank_archs}"
     have = {f"{n.seed}/{n.name}" for n in nets} | ({sample} if rank["n"] >= plan.rank_archs else set())
     missing = [e for e in expected(cfg, plan) if e not in have]
-    budgets = search_budgets(cfg, build_supernet(cfg))[1]
     ledger = read_ledger(work)
     wall = sum(e["wall_seconds"] for e in ledger)
     return {
@@ -632,18 +637,20 @@ def _save(fig: Any, path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_results(cfg: Config, work: str | Path, out: str | Path, plan: Plan,
-                  provenance: dict[str, Any]) -> dict[str, Any]:
-    """``out/results.json``, ``results.md``, ``accuracy.png`` and ``ranking.png`` from what is
-    finished in ``work``; ``provenance`` holds the command, commit and machine."""
+def write_results(cfg: Config, work: str | Path, out: str | Path, plan: Plan, budgets: Sequence[Budget],
+                  provenance: dict[str, Any], plots: bool = True) -> dict[str, Any]:
+    """``out/results.json``, ``results.md`` and (with ``plots``) ``accuracy.png`` and
+    ``ranking.png`` from what is finished in ``work``; ``provenance`` holds the command, commit
+    and machine."""
     out = Path(out)
-    res = collect(cfg, work, plan)
+    res = collect(cfg, work, plan, budgets)
     provenance = {**provenance, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     res = {**provenance, **res}
     write_json(out / "results.json", res)
     write_text(out / "results.md", markdown(res, provenance))
-    accuracy_plot(out / "accuracy.png", res)
-    ranking_plot(out / "ranking.png", res)
+    if plots:
+        accuracy_plot(out / "accuracy.png", res)
+        ranking_plot(out / "ranking.png", res)
     partial = " (partial)" if res["partial"] else ""
     console.print(f"bench: {len(res['nets'])} nets finished, results in {out}{partial}")
     return res
