@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from brevitas.function.ops import max_int, min_int
 from brevitas.nn import QuantConv2d, QuantLinear
 from torch import Tensor, nn
 
@@ -35,11 +36,10 @@ class IntegerWeights:
     input_narrow: bool = False
 
     def input_range(self) -> tuple[int, int]:
-        """Smallest and largest input code."""
-        if not self.input_signed:
-            return 0, (1 << self.input_bits) - 1
-        hi = (1 << (self.input_bits - 1)) - 1
-        return (-hi if self.input_narrow else -hi - 1), hi
+        """Smallest and largest input code (Brevitas' ranges)."""
+        bits = torch.tensor(float(self.input_bits))
+        return (int(min_int(self.input_signed, self.input_narrow, bits)),
+                int(max_int(self.input_signed, self.input_narrow, bits)))
 
 
 class IntegerLayer(nn.Module):

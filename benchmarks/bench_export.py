@@ -1,0 +1,101 @@
+"""Parity of every export format with PyTorch on converted networks (``qspos export``'s checks).
+
+For each case a supernet of the model (untrained: parity is about the files, not accuracy) gives
+one net at uniform W{w}A4 on the searched layers, fine-tuned for a few steps on synthetic images,
+then exported in every format and checked: QCDQ in onnxruntime (as written, and with its default
+optimizations), QONNX in qonnx's executor, the packed weights as an integer model.
+
+    .venv/bin/python benchmarks/bench_export.py [--cases resnet8-w2 squeezenet-w1 ...]
+
+Writes benchmarks/results/export.json and export.md (with the command, commit and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from bench_cost import git_commit, machine
+
+from qspos.runtime.build import build_supernet
+from qspos.runtime.checkpoint import atomic_save
+from qspos.runtime.config import load_config
+from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
+from qspos.stages.export import export
+from qspos.stages.finetune import finetune
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = {  # name -> (model spec, input size): a plain ResNet, concatenations with conv biases, inverted residuals
+    "resnet8": ({"name": "resnet_small", "args": {"depth": 8, "widths": [8, 16, 32]}}, 16),
+    "squeezenet": ({"name": "torchvision:squeezenet1_1", "args": {}}, 32),
+    "mobilenet_v2": ({"name": "torchvision:mobilenet_v2", "args": {"width_mult": 0.25}}, 32),
+}
+CASES = ["resnet8-w2", "resnet8-w1", "squeezenet-w2", "squeezenet-w1", "mobilenet_v2-w2", "mobilenet_v2-w1"]
+
+
+def run_case(case: str, root: Path) -> dict:
+    """Build, fine-tune and export one case; its checks and how long the export took."""
+    model, w_bits = case.rsplit("-w", 1)
+    spec, size = MODELS[model]
+    cfg = load_config({
+        "name": case, "seed": 0, "runs_dir": str(root),
+        "model": {**spec, "num_classes": 10, "in_channels": 1, "input_size": size},
+        "space": {"pairs": [[1, 4], [2, 4]], "width_multipliers": [1.0]},
+        "data": {"dataset": "synthetic", "synthetic_size": 512, "val_size": 64, "batch_size": 32,
+                 "eval_batch_size": 128},
+        "finetune": {"max_steps": 20},
+        "export": {"check_batch": 256},
+    })
+    torch.manual_seed(0)
+    supernet = build_supernet(cfg)
+    atomic_save({"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS),
+                 "complete": True}, cfg.run_dir / "supernet.pt")
+    RunDir(cfg.run_dir).record_config(cfg)
+    finetune(cfg, cfg.run_dir, arch=supernet.space.uniform(int(w_bits), 4))
+    start = time.perf_counter()
+    (res,) = export(cfg.run_dir)
+    return {"case": case, "model": spec, "input_size": size, "export_s": round(time.perf_counter() - start, 1),
+            "check_ok": res.check_ok, "checks": {fmt: vars(c) for fmt, c in res.checks.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    machine_info = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [run_case(case, Path(tmp)) for case in args.cases]
+    result = {"cases": rows, "command": "python " + " ".join(sys.argv), "commit": git_commit(),
+              "machine": machine_info, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Export parity with PyTorch (random weights, 20 fine-tuning steps on synthetic images)", "",
+             "Max |logit difference| from PyTorch on 256 test images (QONNX: the first 64), the share of "
+             "images whose logits are within 1% of the largest, and the verdict. QCDQ as written, and with "
+             "onnxruntime's default optimizations (reported, not judged: they round conv biases to int32).", "",
+             "| case | QCDQ | QCDQ optimized | QONNX | packed (integer model) | accumulators | all ok | export s |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for r in rows:
+        c, q = r["checks"], r["checks"]["onnx-qcdq"]
+        cells = [f"{c[fmt]['max_abs_logit_diff']:.2g} ({100 * c[fmt]['matching']:.0f}%)"
+                 for fmt in ("onnx-qcdq", "qonnx", "packed")]
+        optimized = (f"{q['optimized_max_abs_logit_diff']:.2g} (top-1 {100 * q['optimized_test_top1']:.2f} "
+                     f"vs {100 * q['torch_test_top1']:.2f})")
+        exact = "exact" if c["packed"]["exact_accumulators"] else "OFF"
+        lines.append(f"| {r['case']} | {cells[0]} | {optimized} | {cells[1]} | {cells[2]} | {exact} "
+                     f"| {r['check_ok']} | {r['export_s']} |")
+    lines += ["", f"- command: `{result['command']}`", f"- commit: {result['commit']}", f"- machine: {machine_info}",
+              f"- date: {result['date']}", ""]
+    (RESULTS / "export.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
