@@ -1,9 +1,9 @@
 """Parity of every export format with PyTorch on converted networks (``qspos export``'s checks).
 
-For each case a supernet of the model (untrained: parity is about the files, not accuracy) gives
-one net at uniform W{w}A4 on the searched layers, fine-tuned for a few steps on synthetic images,
-then exported in every format and checked: QCDQ in onnxruntime (as written, and with its default
-optimizations), QONNX in qonnx's executor, the packed weights as an integer model.
+For each case a supernet of the model, trained for a few steps on synthetic images (parity is
+about the files, not accuracy), gives one net at uniform W{w}A4 on the searched layers, fine-tuned
+for a few steps, then exported in every format and checked: QCDQ in onnxruntime (as written, and
+with its default optimizations), QONNX in qonnx's executor, the packed weights as an integer model.
 
     .venv/bin/python benchmarks/bench_export.py [--cases resnet8-w2 squeezenet-w1 ...]
 
@@ -24,11 +24,10 @@ import torch
 from bench_cost import git_commit, machine
 
 from qspos.runtime.build import build_supernet
-from qspos.runtime.checkpoint import atomic_save
 from qspos.runtime.config import load_config
-from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
 from qspos.stages.export import export
 from qspos.stages.finetune import finetune
+from qspos.stages.train import train_supernet
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {  # name -> (model spec, input size): a plain ResNet, concatenations with conv biases, inverted residuals
@@ -49,15 +48,12 @@ def run_case(case: str, root: Path) -> dict:
         "space": {"pairs": [[1, 4], [2, 4]], "width_multipliers": [1.0]},
         "data": {"dataset": "synthetic", "synthetic_size": 512, "val_size": 64, "batch_size": 32,
                  "eval_batch_size": 128},
-        "finetune": {"max_steps": 20},
+        "train": {"max_steps": 10, "warmup_epochs": 0, "lr": 0.05, "threshold_init_batches": 2},
+        "finetune": {"max_steps": 10},
         "export": {"check_batch": 256},
     })
-    torch.manual_seed(0)
-    supernet = build_supernet(cfg)
-    atomic_save({"model": supernet.state_dict(), "fingerprint": fingerprint(cfg, *SUPERNET_SECTIONS),
-                 "complete": True}, cfg.run_dir / "supernet.pt")
-    RunDir(cfg.run_dir).record_config(cfg)
-    finetune(cfg, cfg.run_dir, arch=supernet.space.uniform(int(w_bits), 4))
+    train_supernet(cfg, cfg.run_dir)
+    finetune(cfg, cfg.run_dir, arch=build_supernet(cfg).space.uniform(int(w_bits), 4))
     start = time.perf_counter()
     (res,) = export(cfg.run_dir)
     return {"case": case, "model": spec, "input_size": size, "export_s": round(time.perf_counter() - start, 1),
@@ -76,7 +72,7 @@ def main() -> None:
               "machine": machine_info, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Export parity with PyTorch (random weights, 20 fine-tuning steps on synthetic images)", "",
+    lines = ["# Export parity with PyTorch (10 supernet and 10 fine-tuning steps on synthetic images)", "",
              "Max |logit difference| from PyTorch on 256 test images (QONNX: the first 64), the share of "
              "images whose logits are within 1% of the largest, and the verdict. QCDQ as written, and with "
              "onnxruntime's default optimizations (reported, not judged: they round conv biases to int32).", "",
