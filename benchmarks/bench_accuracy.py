@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -39,11 +40,20 @@ def main() -> None:
     bench_arguments(parser)
     args = parser.parse_args()
     command = " ".join([os.path.relpath(sys.executable), *sys.argv])
+    previous = signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the ledger keeps the piece's time
     try:
         cfg = load_config(args.config, args.overrides)
         run_bench(cfg, args.work, args.out, bench_plan(args), resume=args.resume or args.report_only, command=command)
     except QsposError as e:  # one line, as the CLI prints it
         sys.exit(f"bench_accuracy: error: {' '.join(str(e).split())}")
+    except KeyboardInterrupt:
+        sys.exit("bench_accuracy: stopped; finished nets are kept: rerun with --resume to continue")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -202,7 +202,13 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = Plan(
         plotted = time.monotonic() if plots else plotted
         return write_results(cfg, work, out, plan, budgets, provenance, plots)
 
-    bench(cfg, work, plan, on_progress=progress)
+    if ledger is not None:
+        ledger.update()  # on the books from the start
+    try:
+        bench(cfg, work, plan, on_progress=progress)
+    finally:  # an interrupted piece's wall time counts too
+        if ledger is not None:
+            ledger.update()
     return progress(final=True)
 
 
