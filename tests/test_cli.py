@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import runpy
 import shutil
@@ -118,3 +119,30 @@ def test_bad_uniform_is_a_usage_error(small_yaml, value, capsys):
 def test_arch_and_uniform_are_exclusive(small_yaml, tmp_path):
     with pytest.raises(SystemExit):
         main(["cost", str(small_yaml), "--uniform", "2,2", "--arch", str(tmp_path / "a.yaml")])
+
+
+def test_space_of_a_converted_torchvision_model(tmp_path, capsys):
+    """``qspos space``: each choice point with its domain and layers, each layer with where its bits
+    and width come from and why not; the same as JSON."""
+    cfg = tmp_path / "mnv2.yaml"
+    cfg.write_text(json.dumps({
+        "model": {"name": "torchvision:mobilenet_v2", "num_classes": 10, "in_channels": 1, "input_size": 32,
+                  "args": {"width_mult": 0.25}},
+        "space": {"weight_bits": [2, 4], "act_bits": [4], "width_multipliers": [0.5, 1.0]},
+    }))
+    assert main(["space", str(cfg), "--json"]) == 0
+    space = json.loads(capsys.readouterr().out)
+    assert space["notes"] == ["stem features.0.0: 1 input channel(s) instead of 3"]
+    points = {p["name"]: p for p in space["choice_points"]}
+    assert points["features.2"]["bits_layers"] == ["features.2.conv.0.0", "features.2.conv.1.0",
+                                                   "features.2.conv.2"]
+    assert points["features.2"]["widths"] == [0.5, 1.0] and points["features.2"]["pairs"] == [[2, 4], [4, 4]]
+    assert space["size"] == math.prod(len(p["pairs"]) * len(p["widths"] or [None]) for p in points.values())
+    layers = {e["name"]: e for e in space["layers"]}
+    assert layers["features.0.0"]["role"] == "first" and layers["classifier.1"]["role"] == "last"
+    assert layers["features.2.conv.2"]["width_note"] == "feeds the residual add in features.3"
+    assert layers["features.3.conv.0.0"]["input_signed"]  # the linear bottleneck: never clipped at zero
+    assert not layers["features.3.conv.1.0"]["input_signed"]  # after ReLU6
+    assert main(["space", str(cfg)]) == 0
+    table = capsys.readouterr().out
+    assert "choice points of torchvision:mobilenet_v2" in table and "features.2.conv.1.0" in table
