@@ -46,6 +46,7 @@ from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_finetuned
 from qspos.runtime.checkpoint import load_model_state
 from qspos.runtime.data import load_splits, make_loader
+from qspos.runtime.evaluate import evaluate_top1
 from qspos.runtime.files import atomic_path, write_bytes, write_json
 from qspos.runtime.progress import percent, table
 from qspos.runtime.rundir import RunDir
@@ -131,13 +132,13 @@ def export(run_dir: str | Path | RunDir, formats: list[str] | None = None) -> li
         raise QsposError(f"no fine-tuned nets in {run.path / run.FINETUNE}: run 'qspos finetune' first")
     test = load_splits(cfg.data, cfg.model).test
     loader = make_loader(test, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.workers)
-    images = first_images(loader, cfg.export.check_batch)
+    batches = first_batches(loader, cfg.export.check_batch)
     costs = CostModel(build_supernet(cfg), cfg.input_shape)
     results = []
     for net in nets:
         model, arch = load_finetuned(cfg, net.model)
         with torch.no_grad():
-            logits = model(images)
+            logits = torch.cat([model(x) for x in batches])
         out = run.export(net.name)
         out.mkdir(parents=True, exist_ok=True)
         res = ExportResult(net.name, out, theoretical_bytes=costs.metrics(arch)["size_bits"] / 8)
@@ -146,18 +147,18 @@ def export(run_dir: str | Path | RunDir, formats: list[str] | None = None) -> li
             if too_wide:
                 res.skipped["onnx-qcdq"] = f"QCDQ holds integers of at most {QCDQ_MAX_BITS} bits; {too_wide}"
             else:
-                export_qcdq(model, images[:1], out / QCDQ_FILE)
+                export_qcdq(model, batches[0][:1], out / QCDQ_FILE)
                 res.files["onnx-qcdq"] = QCDQ_FILE
                 torch_top1 = json.loads(net.result.read_text())["test_top1"]
-                res.checks["onnx-qcdq"] = check_qcdq(out / QCDQ_FILE, images, logits, loader, torch_top1)
+                res.checks["onnx-qcdq"] = check_qcdq(out / QCDQ_FILE, batches, logits, loader, torch_top1)
         if "qonnx" in formats:
-            export_qonnx(model, images[:1], out / QONNX_FILE)
+            export_qonnx(model, batches[0][:1], out / QONNX_FILE)
             res.files["qonnx"] = QONNX_FILE
-            res.checks["qonnx"] = check_qonnx(out / QONNX_FILE, images, logits)
+            res.checks["qonnx"] = check_qonnx(out / QONNX_FILE, batches, logits)
         if "packed" in formats:
             res.packed_bytes = export_packed(model, out)
             res.files["packed"] = PACKED_FILE
-            res.checks["packed"] = check_packed(out, model, images, logits)
+            res.checks["packed"] = check_packed(out, model, batches, logits)
         write_json(run.export_summary(net.name), res.to_dict())
         results.append(res)
     return results
@@ -170,15 +171,16 @@ def require_onnx() -> None:
         raise QsposError(f"ONNX export needs {', '.join(missing)}: pip install 'qspos[export]'")
 
 
-def first_images(loader: Any, n: int) -> Tensor:
-    """The first ``n`` images of a loader, as one batch (the images every check compares on)."""
+def first_batches(loader: Any, n: int) -> list[Tensor]:
+    """The loader's batches of its first ``n`` images: what every check compares on, a batch at a
+    time (the data's ``eval_batch_size`` bounds the memory a check takes)."""
     batches, seen = [], 0
     for x, _ in loader:
         batches.append(x[: n - seen])
         seen += len(batches[-1])
         if seen >= n:
             break
-    return torch.cat(batches)
+    return batches
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
@@ -241,7 +243,7 @@ def export_qonnx(model: nn.Module, sample: Tensor, path: Path) -> None:
                                   **_onnx_kwargs(dynamic_batch=False))
 
 
-def check_qcdq(path: Path, images: Tensor, logits: Tensor, loader: Any, torch_test_top1: float) -> Check:
+def check_qcdq(path: Path, batches: list[Tensor], logits: Tensor, loader: Any, torch_test_top1: float) -> Check:
     """Run the QCDQ file in onnxruntime as written (graph optimizations off) on the checked images
     and over the whole test split, whose top-1 must agree with ``torch_test_top1``; the same with
     onnxruntime's default optimizations, for the record."""
@@ -253,24 +255,31 @@ def check_qcdq(path: Path, images: Tensor, logits: Tensor, loader: Any, torch_te
         opts.graph_optimization_level = level
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def top1(sess: Any) -> float:
-        seen = hits = 0
-        for x, y in loader:
-            hits += int((sess.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum())
-            seen += len(y)
-        return hits / seen
+    def run(sess: Any) -> np.ndarray:
+        return np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x in batches])
 
     as_written = session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     optimized = session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    file_top1 = top1(as_written)
-    optimized_diff = np.abs(optimized.run(None, {"input": images.numpy()})[0] - logits.numpy()).max()
-    return compare("onnxruntime", as_written.run(None, {"input": images.numpy()})[0], logits,
+    file_top1, optimized_top1 = (evaluate_top1(OnnxNet(sess), loader, "cpu")[0] for sess in (as_written, optimized))
+    return compare("onnxruntime", run(as_written), logits,
                    ok=abs(file_top1 - torch_test_top1) <= TOP1_TOLERANCE, test_top1=file_top1,
-                   torch_test_top1=torch_test_top1, optimized_test_top1=top1(optimized),
-                   optimized_max_abs_logit_diff=float(optimized_diff))
+                   torch_test_top1=torch_test_top1, optimized_test_top1=optimized_top1,
+                   optimized_max_abs_logit_diff=float(np.abs(run(optimized) - logits.numpy()).max()))
 
 
-def check_qonnx(path: Path, images: Tensor, logits: Tensor) -> Check:
+class OnnxNet(nn.Module):
+    """An onnxruntime session as a module, so the file's test top-1 comes from the evaluator that
+    gave the fine-tuned net's (same rule, ties included)."""
+
+    def __init__(self, session: Any):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run(None, {"input": x.cpu().numpy()})[0])
+
+
+def check_qonnx(path: Path, batches: list[Tensor], logits: Tensor) -> Check:
     """Run the QONNX file with ``qonnx``'s executor after its usual cleanup, on the first
     ``QONNX_IMAGES`` checked images, ``QONNX_CHUNK`` at a time (the executor runs node by node and
     keeps every tensor; the cleanup sets the batch size as ``qonnx-cleanup --override-inpsize``)."""
@@ -278,7 +287,7 @@ def check_qonnx(path: Path, images: Tensor, logits: Tensor) -> Check:
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.util.cleanup import cleanup_model
 
-    images, logits = images[:QONNX_IMAGES], logits[:QONNX_IMAGES]
+    images, logits = torch.cat(batches)[:QONNX_IMAGES], logits[:QONNX_IMAGES]
     chunk = min(QONNX_CHUNK, len(images))
     outs = []
     with warnings.catch_warnings():
@@ -383,14 +392,15 @@ def load_float_params(model: nn.Module, path: Path) -> None:
 
 
 @torch.no_grad()
-def check_packed(export_dir: Path, model: nn.Module, images: Tensor, logits: Tensor) -> Check:
+def check_packed(export_dir: Path, model: nn.Module, batches: list[Tensor], logits: Tensor) -> Check:
     """Run the packed export as an integer model: the net's own forward, its parameters from
     ``float.npz`` and each quantized layer's accumulators computed exactly from ``weights.bin``
     and ``weights.json``; they must equal those of the PyTorch layer's own integer codes."""
     net = copy.deepcopy(model)
     load_float_params(net, export_dir / FLOAT_FILE)
     floats = float_layers(net)
-    out = integer_reference(net, integer_weights(export_dir))(images)
+    reference = integer_reference(net, integer_weights(export_dir))
+    out = torch.cat([reference(x) for x in batches])
     layers = integer_layers(net)
     exact = all(layer.exact for layer in layers)
     return compare("quant_kernels.intops", out, logits, ok=exact, exact_accumulators=exact,
