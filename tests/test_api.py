@@ -156,6 +156,8 @@ def test_a_dense_prediction_task_with_its_own_loss_and_score(tmp_path):
         assert net.model(_images(2, 3, dense=True).tensors[0]).shape == (2, 1, 12, 12)
     found = res.search.budgets[0]
     assert all(c.val_top1 <= 0 for c in found.best)
+    summary = json.loads((tmp_path / "run" / "export" / net.name / "summary.json").read_text())
+    assert summary["check_ok"] is True  # the QCDQ file scored by the same score as PyTorch
 
 
 def test_the_low_level_api_for_a_custom_loop():
