@@ -12,4 +12,4 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,export,tensorboard]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,test,export,tensorboard]'

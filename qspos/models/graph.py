@@ -98,14 +98,33 @@ class GraphInfo:
     last: list[str]  # layers whose outputs reach the network output
 
 
+# subclasses of these that keep the base forward compute what the base does: leaves, like it
+_LEAF_BASES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+# subclasses with their own forward that compute exactly what the base does
+_SAME_AS_BASE = {"timm.layers.linear.Linear"}  # casts its weight only under TorchScript
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, with Conv2d/Linear/BatchNorm2d subclasses that keep the base's forward as
+    leaves (fx traces through every module outside ``torch.nn``, so a ``class MyConv(nn.Conv2d)``
+    would become an ``F.conv2d`` call and never be converted)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, _LEAF_BASES) and (f"{type(m).__module__}.{type(m).__qualname__}" in _SAME_AS_BASE
+                                           or any(type(m).forward is b.forward for b in _LEAF_BASES)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model's fx graph (its own forward; torch.nn modules stay leaves)."""
     try:
-        return fx.symbolic_trace(model)
+        graph = _Tracer().trace(model)
     except Exception as e:  # noqa: BLE001 - fx raises anything the forward raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QsposError(f"model: torch.fx cannot trace {type(model).__name__}: {first} (the forward must not "
                          "branch on tensor values; wrap such code in a function marked torch.fx.wrap)") from None
+    return fx.GraphModule(model, graph, type(model).__name__)
 
 
 class _Spaces:
@@ -185,6 +204,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
     finally:
         model.train(was_training)
 
+    _refuse_hidden_layers(gm, dict(model.named_modules()))
     spaces = _Spaces()
     space_of: dict[fx.Node, int] = {}
     nonneg: dict[fx.Node, bool] = {}
@@ -285,11 +305,31 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
     return _collect(spaces, layers, norms, input_spaces, output_spaces)
 
 
+def _refuse_hidden_layers(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """A Conv2d/Linear whose forward the trace went into (a subclass with its own forward) would
+    stay a float layer without a word, and one whose weight the forward reads directly would not
+    fit its searchable form: refuse them, naming them. (``modules``: the model's own; the graph
+    module holds only bare stand-ins for modules it traced through.)"""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner, _, attr = node.target.rpartition(".")
+        m = modules.get(owner)
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        if _Tracer().is_leaf_module(m, owner):
+            raise QsposError(f"model: cannot convert {owner}: the forward reads its {attr} directly (qspos "
+                             "converts layers that are called, not read)")
+        raise QsposError(f"model: cannot convert {owner}: {type(m).__module__}.{type(m).__qualname__} subclasses "
+                         f"{'Conv2d' if isinstance(m, nn.Conv2d) else 'Linear'} with its own forward, so what it "
+                         "computes is not known (use the torch.nn layer)")
+
+
 def _binary(node: fx.Node, args: list[fx.Node], spaces: _Spaces, space_of: dict, space) -> None:
     """Channel-wise multiplies (a squeeze-excitation's gate) merge the channels of their
     operands; adds and subtractions of two feature maps are residual joins, which keep their
     width (a residual stream stays as the model has it). An operand broadcast over channels
-    (one channel) is a scale and leaves them alone."""
+    (one channel) is a scale: it leaves them alone, and keeps its one channel."""
     out_c = _shape(node)[1]
     full = [a for a in args if len(_shape(a)) > 1 and _shape(a)[1] == out_c and out_c > 1]
     if not full:
@@ -301,8 +341,8 @@ def _binary(node: fx.Node, args: list[fx.Node], spaces: _Spaces, space_of: dict,
     name = getattr(node.target, "__name__", str(node.target)).strip("_")
     if len(full) > 1 and name.lstrip("i") in ("add", "sub"):
         spaces.pin(root, f"feeds the residual add {_where(node)}")
-    for a in args:
-        if a not in full and len(_shape(a)) > 1 and _shape(a)[1] != 1:
+    for a in args:  # a one-channel map broadcast over the channels must stay one channel
+        if a not in full and len(_shape(a)) > 1:
             spaces.pin(space(a), f"broadcast {_where(node)}")
     space_of[node] = root
 
@@ -342,6 +382,9 @@ def _proves_nonneg(node: fx.Node, modules: dict[str, nn.Module], args: list[fx.N
     elif node.op == "call_method":
         if node.target in _NONNEG_METHODS:
             return True
+        if node.target in ("clamp", "clamp_", "clip", "clip_"):  # x.clamp(min=0, ...), x.clamp(0, 6)
+            lo = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+            return isinstance(lo, (int, float)) and lo >= 0
         preserve = node.target in _PRESERVE_METHODS and all(
             not isinstance(a, (int, float)) or a >= 0 for a in node.args[1:] if node.target in ("add", "mul"))
     else:

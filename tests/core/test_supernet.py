@@ -7,9 +7,11 @@ from brevitas.nn import QuantConv2d, QuantLinear
 from torch import nn
 
 from qspos.core.arch import Choice
+from qspos.core.backbone import SearchBlock, SpaceDeclaration
 from qspos.core.layers import BitChoiceQuantizer, SearchableConv2d, SearchableLayer, SearchableLinear, SlicedBatchNorm2d
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
+from qspos.models import convert
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
 
@@ -131,27 +133,35 @@ def test_supernet_runs_every_path_in_training_mode(small_cfg):
 
 
 class _Stray(nn.Module):
-    """A backbone with a searchable layer that is neither in a block nor fixed."""
+    """A network with a searchable layer (``mid``) that its declaration puts in no block and
+    does not fix."""
 
     def __init__(self):
         super().__init__()
-        self.first, self.mid, self.last = SearchableConv2d(1, 4, 3), SearchableConv2d(4, 4, 3), SearchableLinear(4, 2)
-
-    def search_blocks(self):
-        return []
-
-    def fixed_layers(self):
-        return {"first": self.first, "last": self.last}
+        self.first, self.last = SearchableConv2d(1, 4, 3), SearchableLinear(4, 2)
+        self.mid, self.block = SearchableConv2d(4, 4, 3), SearchableConv2d(4, 4, 3)
 
 
 def test_a_layer_in_no_block_is_an_error(small_cfg):
+    net = _Stray()
+    declaration = SpaceDeclaration([SearchBlock("block", {"": net.block})], {"first": [net.first], "last": [net.last]})
     with pytest.raises(QsposError, match=r"in no block and not fixed: \['mid'\]"):
-        Supernet(_Stray(), small_cfg.space)
+        Supernet(net, declaration, small_cfg.space)
+    declaration.blocks.append(SearchBlock("mid", {"": net.mid}))
+    assert Supernet(net, declaration, small_cfg.space).space.names == ["block", "mid"]
 
 
-def test_a_module_without_the_backbone_protocol_is_refused(small_cfg):
-    with pytest.raises(QsposError, match="Sequential is not a supernet backbone: it needs search_blocks"):
-        Supernet(torch.nn.Sequential(), small_cfg.space)
+def test_a_declaration_with_nothing_to_search_is_refused(small_cfg):
+    net = _Stray()
+    fixed = SpaceDeclaration([], {"first": [net.first, net.mid, net.block], "last": [net.last]})
+    with pytest.raises(QsposError, match="the model has nothing to search: every layer is fixed"):
+        Supernet(net, fixed, small_cfg.space)
+    # a model whose only layers are the fixed first and last ones
+    converted = convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)),
+                        (1, 16, 16))
+    assert converted.declaration.blocks == []
+    with pytest.raises(QsposError, match="nothing to search"):
+        Supernet(converted.net, converted.declaration, small_cfg.space)
 
 
 def test_masked_compute_equals_the_sliced_path(small_cfg, perturb):
