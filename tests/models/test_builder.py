@@ -11,6 +11,8 @@ from torch import nn
 from qspos.errors import QsposError
 from qspos.models import build_model
 from qspos.models.resnet import ResNet
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import load_config
 
 
 def tiny_net(width: int = 4, classes: int = 10) -> nn.Module:
@@ -129,3 +131,20 @@ def test_bad_factory_arguments_are_refused():
         build_model("resnet_small", 10, 1, {"bogus": 1})
     with pytest.raises(QsposError, match="depth must be 6n\\+2"):
         build_model("resnet_small", 10, 1, {"depth": 9})
+
+
+def test_a_weights_file_named_in_the_config_is_loaded_and_its_head_replaced(tmp_path):
+    """``model.args.weights``: a local state-dict file with a 1000-class head, for a 10-class task."""
+    torch.manual_seed(0)
+    model, _ = build_model("resnet_small", 1000, 1, {"depth": 8, "widths": [4, 8, 8]})
+    torch.save(model.state_dict(), tmp_path / "float.pt")
+    cfg = load_config({
+        "model": {"name": "resnet_small", "num_classes": 10, "in_channels": 1, "input_size": 16,
+                  "args": {"depth": 8, "widths": [4, 8, 8], "weights": str(tmp_path / "float.pt")}},
+        "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
+    })
+    supernet = build_supernet(cfg)
+    assert supernet.notes == ["head fc: the weights' 1000 classes not loaded; 10 fresh ones instead"]
+    assert torch.equal(supernet.net.layer2[0].conv1.weight, model.layer2[0].conv1.weight)
+    assert torch.equal(supernet.net.layer3[0].bn2.running_var, model.layer3[0].bn2.running_var)
+    assert supernet.net.fc.weight.shape == (10, 8)
