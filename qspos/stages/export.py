@@ -71,6 +71,7 @@ class Check:
     runtime: str  # what ran the file
     images: int  # test images compared
     max_abs_logit_diff: float
+    max_abs_logit: float  # PyTorch's largest |logit| on those images: what LOGIT_RTOL is a share of
     matching: float  # share of those images whose logits match PyTorch's (LOGIT_RTOL)
     top1_agreement: float  # share of those images on which both predict the same class
     ok: bool
@@ -203,10 +204,10 @@ def compare(runtime: str, out: np.ndarray | Tensor, logits: Tensor, ok: bool = T
     out = torch.as_tensor(np.asarray(out), dtype=logits.dtype)
     if out.shape != logits.shape:
         raise QsposError(f"{runtime} gave logits of shape {tuple(out.shape)}, PyTorch {tuple(logits.shape)}")
-    diff = (out - logits).abs().flatten(1).amax(1)
-    matching = float((diff <= LOGIT_RTOL * logits.abs().max()).double().mean())
+    diff, scale = (out - logits).abs().flatten(1).amax(1), float(logits.abs().max())
+    matching = float((diff <= LOGIT_RTOL * scale).double().mean())
     agreement = float((out.argmax(1) == logits.argmax(1)).double().mean())
-    return Check(runtime, len(logits), float(diff.max()), matching, agreement,
+    return Check(runtime, len(logits), float(diff.max()), scale, matching, agreement,
                  ok and matching >= MATCHING_SHARE, **extra)
 
 
