@@ -251,6 +251,11 @@ class SearchableConv2d(SearchableLayer):
         self.kernel_size, self.stride = ref.kernel_size, ref.stride
         self.padding, self.dilation = ref.padding, ref.dilation
 
+    @property
+    def active(self) -> tuple[int, int, Bits, Bits]:
+        in_c, out_c, w, a = super().active
+        return (out_c if self.depthwise else in_c), out_c, w, a  # a depthwise conv's input follows its output
+
     def set_channels(self, in_channels: int | None = None, out_channels: int | None = None) -> None:
         if self.groups > 1 and not self.depthwise and (in_channels, out_channels) != (None, None):
             raise ValueError("the channels of a grouped conv are fixed")
@@ -286,8 +291,6 @@ class SearchableConv2d(SearchableLayer):
     @torch.no_grad()
     def to_static(self) -> QuantConv2d:
         in_c, out_c, _, _ = self.active
-        if self.depthwise:
-            in_c = out_c
         layer = QuantConv2d(
             in_c, out_c, self.kernel_size, self.stride, self.padding, self.dilation,
             groups=self._active_groups(), bias=self.bias is not None,

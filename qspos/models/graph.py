@@ -17,6 +17,8 @@ space`` prints; torch-pruning gives the coupling only, through autograd, without
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass, field
 
@@ -195,12 +197,13 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
     modules = dict(gm.named_modules())
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints the traceback of a failing node itself: the user gets one line instead
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
     except Exception as e:  # noqa: BLE001
-        raise QsposError(f"model: a forward of a {tuple(input_shape)} input failed: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        cause = e.__cause__ or e  # ShapeProp wraps the node's own error
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise QsposError(f"model: a forward of a {tuple(input_shape)} input failed: {text}") from None
     finally:
         model.train(was_training)
 
@@ -266,13 +269,16 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
                 layers[node.target] = (m, space(x), space_of[node], nonneg[x], depthwise)
             elif isinstance(m, nn.Linear):
                 if len(_shape(x)) != 2:
-                    opaque(node, args)
-                    continue
+                    raise QsposError(f"model: cannot convert {node.target}: a Linear on a {len(_shape(x))}-D input "
+                                     f"{tuple(_shape(x))} (qspos quantizes Linear layers on (N, features) inputs)")
                 space_of[node] = spaces.new(m.out_features)
                 layers[node.target] = (m, space(x), space_of[node], nonneg[x], False)
             elif isinstance(m, nn.BatchNorm2d):
                 keep(node, x)
                 norms.append((node.target, space(x)))
+            elif isinstance(m, nn.modules.conv._ConvNd):  # Conv1d/3d, transposed convs: no searchable form
+                raise QsposError(f"model: cannot convert {node.target}: {type(m).__name__} (qspos quantizes Conv2d "
+                                 "and Linear layers; their BitOps would be missing from every budget)")
             elif isinstance(m, _KEEP_MODULES):
                 keep(node, x)
             elif isinstance(m, nn.Flatten):

@@ -258,3 +258,15 @@ def test_a_forward_that_branches_on_values_is_refused_in_one_line():
 def test_a_forward_that_fails_on_the_input_shape_is_refused():
     with pytest.raises(QsposError, match=r"a forward of a \(3, 8, 8\) input failed"):
         analyse(nn.Sequential(nn.Conv2d(1, 2, 1)), (3, 8, 8))
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(nn.Flatten(2), nn.Conv1d(3, 4, 3)), "cannot convert 1: Conv1d"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 2)), "cannot convert 1: ConvTranspose2d"),
+    (nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2), nn.Linear(64, 8)),
+     r"cannot convert 2: a Linear on a 3-D input \(2, 4, 64\)"),
+])
+def test_layers_without_a_searchable_form_are_refused_not_left_in_float(model, message):
+    """A layer qspos cannot quantize would be missing from every BitOps budget: refused, named."""
+    with pytest.raises(QsposError, match=message):
+        analyse(model, (3, 8, 8))
