@@ -187,7 +187,10 @@ class Config:
 def load_config(
     source: str | Path | Mapping | Config | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """A Config from a YAML path, a dict or a Config, with ``key.sub=value`` overrides applied."""
+    """A Config from a YAML path, a dict or a Config, with ``key.sub=value`` overrides applied.
+
+    >>> cfg = qspos.load_config("configs/quickstart.yaml", ["train.epochs=1", "data.batch_size=64"])  # doctest: +SKIP
+    """
     if isinstance(source, Config):
         data = source.to_dict()
     elif isinstance(source, Mapping):

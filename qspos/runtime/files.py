@@ -74,12 +74,18 @@ def read_text(path: str | Path, what: str) -> str:
 
 
 def load_arch(path: str | Path) -> Arch:
-    """An arch from a YAML or JSON file (optionally wrapped as ``{arch: {...}}``)."""
+    """An arch from a YAML or JSON file (optionally wrapped as ``{arch: {...}}``).
+
+    >>> arch = qspos.load_arch("runs/qs/finetune/w2a2/arch.yaml")  # doctest: +SKIP
+    """
     return Arch.from_text(read_text(path, "arch file"), f"arch file {path}")
 
 
 def save_arch(arch: Arch, path: str | Path) -> None:
-    """Write as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+    """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically.
+
+    >>> qspos.save_arch(found.best("w2a2"), "w2a2.yaml")  # doctest: +SKIP
+    """
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         write_text(path, arch.to_yaml())
