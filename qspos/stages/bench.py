@@ -462,7 +462,7 @@ def targets(nets: Sequence[NetRecord], rank: dict[str, Any], budgets: Sequence[B
     hours = wall_seconds / 3600
     out.append(_target("whole benchmark wall time", f"<= {t['wall_hours']:.0f} h", hours,
                        hours <= t["wall_hours"] if complete or hours > t["wall_hours"] else None,
-                       t["wall_hours"] - hours, "complete" if complete else "so far (partial)"))
+                       t["wall_hours"] - hours, "complete" if complete else "so far; partial"))
     return out
 
 
