@@ -75,7 +75,8 @@ def main() -> None:
     lines = ["# Export parity with PyTorch (10 supernet and 10 fine-tuning steps on synthetic images)", "",
              "Max |logit difference| from PyTorch on 256 test images (QONNX: the first 64), the share of "
              "images whose logits are within 1% of the largest, and the verdict. QCDQ as written, and with "
-             "onnxruntime's default optimizations (reported, not judged: they round conv biases to int32).", "",
+             "onnxruntime's default optimizations (reported, not judged: integer kernels with their own "
+             "roundings, such as a float conv bias to int32).", "",
              "| case | max abs logit | QCDQ | QCDQ optimized | QONNX | packed (integer model) | accumulators | all ok "
              "| export s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]

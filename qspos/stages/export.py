@@ -10,10 +10,11 @@ logits, which happens on an image now and then; a wrong file is off on most imag
 - ``onnx-qcdq``: standard ONNX (QuantizeLinear/Clip/DequantizeLinear around float ops), run in
   onnxruntime as written (graph optimizations off); its top-1 over the whole test split must also
   agree with the fine-tuned net's within 0.1 point. onnxruntime's default optimizations are run
-  too and reported (``optimized_*``), not judged: they run QDQ groups as integer kernels, which
-  round a float conv bias to int32 at the accumulator's scale, so a net with conv biases is off
-  there by that rounding while the file is right. 1-bit (binary) weights are integers -1/+1 in a
-  narrow 2-bit range times their per-channel scale (``qspos.stages.export_qcdq``).
+  too and reported (``optimized_*``), not judged: they run QDQ groups as integer kernels with
+  their own roundings (a float conv bias to int32 at the accumulator's scale, requantization
+  between fused ops), so a net with conv biases is off there while the file is right. 1-bit
+  (binary) weights are integers -1/+1 in a narrow 2-bit range times their per-channel scale
+  (``qspos.stages.export_qcdq``).
 - ``qonnx``: ONNX with QONNX ``Quant``/``BipolarQuant`` nodes, the input of FINN-style flows, with
   a static input shape (batch 1); run with ``qonnx``'s executor after its usual cleanup, on the
   first ``QONNX_IMAGES`` checked images (the reference executor is slow).

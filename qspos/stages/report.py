@@ -130,7 +130,7 @@ def _export_section(exported: dict[str, dict]) -> list[str]:
     lines = ["## Exports", "",
              f"Each file run against PyTorch on the same test images (matching: images whose logits are within "
              f"{LOGIT_RTOL:.0%} of the largest): QCDQ in onnxruntime as written (and its test top-1; "
-             "also with onnxruntime's optimizations, which round conv biases: not judged), "
+             "also with onnxruntime's optimizations, integer kernels with their own roundings: not judged), "
              "QONNX with qonnx's executor, the packed weights as an integer model (quant_kernels.intops, "
              "accumulators against Brevitas' integer codes); the packed size against the cost model's.", "",
              "| net | file | run by | max abs logit diff | matching | same top-1 | test top-1 (PyTorch) "
