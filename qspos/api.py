@@ -138,13 +138,15 @@ def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path
 
 
 def export(run_dir: str | Path, formats: list[str] | None = None, *, model: nn.Module | None = None,
-           train: Data | None = None, test: Data | None = None) -> list[_export.ExportResult]:
+           train: Data | None = None, test: Data | None = None, score: Score | None = None,
+           ) -> list[_export.ExportResult]:
     """Export every fine-tuned net of a run: ``onnx-qcdq``, ``qonnx``, ``packed`` (``qspos export``);
-    a run made from objects needs the same ``model`` (and its ``train``/``test`` data) again.
+    a run made from objects needs the same ``model``, ``train``/``test`` data and ``score`` again
+    (the QCDQ file's score over the test split is checked against the net's).
 
     >>> qspos.export("runs/qs", ["onnx-qcdq"])  # doctest: +SKIP
     """
-    with using(Task(model, train, None, test)):
+    with using(Task(model, train, None, test, None, score)):
         return _export.export(run_dir, formats)
 
 
