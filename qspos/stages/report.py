@@ -178,8 +178,9 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict]) -> None
 
 
 def _se(p: float | None, n: int | None) -> float | None:
-    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
-    return None if p is None or not n else math.sqrt(p * (1 - p) / n)
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images (none for a caller's
+    score outside [0, 1], which is no accuracy)."""
+    return None if p is None or not n or not 0 <= p <= 1 else math.sqrt(p * (1 - p) / n)
 
 
 def _p(v: float | None, n: int | None = None) -> str:
