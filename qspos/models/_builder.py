@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from qspos.errors import QsposError
-from qspos.models._registry import registered
+from qspos.models._registry import list_models, registered
 from qspos.models.graph import trace
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -54,8 +54,6 @@ def _instantiate(name: str, num_classes: int, in_channels: int, args: dict) -> n
             return model
     except (TypeError, ValueError) as e:
         raise QsposError(f"model: bad arguments for {name}: {e}") from None
-    from qspos.models._registry import list_models
-
     raise QsposError(f"model.name: unknown model {name!r}; give a built-in ({', '.join(list_models())}), "
                      "'torchvision:NAME' or 'package.module:function'")
 
