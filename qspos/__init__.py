@@ -22,7 +22,7 @@ from qspos._version import __version__
 
 __all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate",
            "evolve", "export", "finetune", "load_arch", "load_config", "load_quantized", "recalibrate_bn", "run",
-           "save_arch", "search", "train_supernet"]
+           "save_arch", "search", "train_float", "train_supernet"]
 
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
@@ -35,12 +35,23 @@ _EXPORTS = {
     "Config": "qspos.runtime.config", "load_config": "qspos.runtime.config",
     "load_arch": "qspos.runtime.files", "save_arch": "qspos.runtime.files",
     "QsposError": "qspos.errors", "recalibrate_bn": "qspos.runtime.evaluate",
-    "train_supernet": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
+    "train_supernet": "qspos.api", "train_float": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
     "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
 }
 
 if TYPE_CHECKING:
-    from qspos.api import Supernet, evaluate, evolve, export, finetune, load_quantized, run, search, train_supernet
+    from qspos.api import (
+        Supernet,
+        evaluate,
+        evolve,
+        export,
+        finetune,
+        load_quantized,
+        run,
+        search,
+        train_float,
+        train_supernet,
+    )
     from qspos.core.arch import Arch, Choice
     from qspos.core.space import ChoicePoint, Space
     from qspos.errors import QsposError

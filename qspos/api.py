@@ -42,6 +42,7 @@ from qspos.runtime.task import Data, Loss, Score, Task, batch_size_of, dataset_o
 from qspos.stages import evaluate as _evaluate
 from qspos.stages import export as _export
 from qspos.stages import finetune as _finetune
+from qspos.stages import float_baseline as _float_baseline
 from qspos.stages import run as _run
 from qspos.stages import search as _search
 from qspos.stages import train as _train
@@ -122,6 +123,22 @@ def finetune(
     task = Task(model, train, val, test, loss, score)
     with using(task):
         return _finetune.finetune(_with_task(config, task), run_dir, arch=arch, pick=pick, resume=resume)
+
+
+def train_float(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
+                model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
+                test: Data | None = None, loss: Loss | None = None,
+                score: Score | None = None) -> _float_baseline.FloatResult:
+    """Train the float baseline (the backbone unquantized, with the ``finetune`` recipe) into
+    ``run_dir/float/`` (``qspos float``), so quantized nets can be read against it; the run's
+    report shows it.
+
+    >>> base = qspos.train_float("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
+    >>> base.test_top1  # doctest: +SKIP
+    """
+    task = Task(model, train, val, test, loss, score)
+    with using(task):
+        return _float_baseline.train_float(_with_task(config, task), run_dir, resume=resume)
 
 
 def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path | None = None, *,

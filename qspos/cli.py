@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="arch YAML/JSON file to fine-tune")
     g.add_argument("--pick", type=int, help="fine-tune each budget's N-th best arch (0-based)")
 
+    _common(sub.add_parser("float", help="train the float baseline (the backbone unquantized, fine-tuning recipe)"))
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
     _common(p, out=False, resume=False)
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) to evaluate")
@@ -217,6 +219,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_float(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from qspos.runtime.distributed import is_main_process
+    from qspos.runtime.progress import console
+    from qspos.runtime.rundir import RunDir
+    from qspos.stages.float_baseline import train_float
+    from qspos.stages.report import write_report
+
+    run = RunDir.of(cfg, args.out)
+    train_float(cfg, run, resume=args.resume)
+    if is_main_process() and run.report.is_file():  # the run's report shows the baseline from now on
+        console.print(f"rewrote {write_report(run)}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """A table, and a JSON file beside the checkpoint (printed instead where it cannot be written)."""
     from qspos.runtime.files import load_arch
@@ -303,7 +320,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "eval": cmd_eval,
+    "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "float": cmd_float,
+    "eval": cmd_eval,
     "export": cmd_export, "run": cmd_run, "latency": cmd_latency, "space": cmd_space, "bench": cmd_bench,
 }
 

@@ -32,11 +32,13 @@ def pareto_markdown(front: Sequence[ParetoPoint]) -> str:
 def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence[ParetoPoint],
                 marks: Sequence[tuple[str, float, float]] = (),
                 finetuned: Sequence[tuple[str, float, float, float]] = (),
-                limits: Sequence[tuple[str, float]] = ()) -> None:
+                limits: Sequence[tuple[str, float]] = (),
+                baseline: tuple[str, float] | None = None) -> None:
     """Scatter of every evaluated arch (supernet val top-1), the front as a step line, labelled
     marks (``(label, bitops, val_top1)``: each budget's best and uniform baselines), fine-tuned
-    nets (``(label, bitops, test_top1, standard error)``) with error bars, and budgets as
-    vertical lines (``(name, bitops bound)``)."""
+    nets (``(label, bitops, test_top1, standard error)``) with error bars, budgets as vertical
+    lines (``(name, bitops bound)``) and a reference accuracy (``(label, top1)``: the float net)
+    as a horizontal one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +62,8 @@ def pareto_plot(path: str | Path, points: Sequence[ParetoPoint], front: Sequence
         ax.axvline(bound / 1e9, ls="--", lw=0.8, c="0.4", label="budgets (BitOps bound)" if i == 0 else None)
         ax.annotate(name, (bound / 1e9, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
                     color="0.4", xytext=(2, 0), textcoords="offset points")
+    if baseline is not None:
+        ax.axhline(100 * baseline[1], ls=":", lw=1.2, c="tab:green", label=baseline[0])
     ax.set_xlabel("BitOps (G)")
     ax.set_ylabel("top-1 (%): supernet val, fine-tuned test" if finetuned else "val top-1 (%)")
     ax.grid(alpha=0.3)

@@ -28,7 +28,7 @@ def write_report(run_dir: str | Path | RunDir) -> Path:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     write_text(run.report, render_report(run))
     if run.search_results.is_file():
-        _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()))
+        _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()), _float(run))
     return run.report
 
 
@@ -42,6 +42,7 @@ def render_report(run: RunDir) -> str:
            "in M, weights in KiB. *val* is the split held out of the training data (the search's), *test* the "
            "test split.", ""]
     n_val = cfg.data.val_size if cfg.search.val_images is None else min(cfg.search.val_images, cfg.data.val_size)
+    out += _float_section(_float(run))
     out += _supernet_section(run.metrics, n_val)
     budgets: set[str] = set()
     if run.search_results.is_file():
@@ -67,6 +68,22 @@ def render_report(run: RunDir) -> str:
     if exported:
         out += _export_section(exported)
     return "\n".join(out)
+
+
+def _float(run: RunDir) -> dict | None:
+    """The run's float baseline (``qspos float``), if it has one."""
+    path = run.float_net.result
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _float_section(result: dict | None) -> list[str]:
+    if result is None:
+        return []
+    return ["## Float baseline", "",
+            f"The backbone unquantized (32-bit operands), trained from scratch with the fine-tuning recipe "
+            f"({result['steps']} steps): test top-1 {_p(result['test_top1'], result['test_images'])}, val top-1 "
+            f"{_p(result['val_top1'], result['val_images'])}; {_m(result['bitops'])} M BitOps, "
+            f"{_kib(result['size_bits'])} KiB of weights. The line across the plot below.", ""]
 
 
 def _supernet_section(metrics: Path, n_val: int) -> list[str]:
@@ -164,7 +181,7 @@ def _ft(result: dict) -> str:
             f"| {_p(result.get('test_top1'), result.get('test_images'))}")
 
 
-def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict]) -> None:
+def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_net: dict | None) -> None:
     marks = []
     for b in search.budgets:
         marks.append((f"{b.name} searched", b.best[0].bitops, b.best[0].val_top1))
@@ -174,7 +191,8 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict]) -> None
              for name, r in finetuned.items()]
     limits = [(b.name, b.limits["bitops"][1]) for b in search.budgets
               if "bitops" in b.limits and b.limits["bitops"][1] is not None]
-    pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits)  # every arch: search/pareto.png
+    baseline = None if float_net is None else ("float (test)", float_net["test_top1"])
+    pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits, baseline)  # every arch: search/pareto.png
 
 
 def _se(p: float | None, n: int | None) -> float | None:

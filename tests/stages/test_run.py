@@ -74,6 +74,21 @@ def test_a_refused_command_leaves_the_recorded_config_alone(tmp_path, capsys):
     assert main(["export", str(out), "--format", "packed"]) == 0  # the run still reads as itself
 
 
+def test_the_float_baseline_joins_the_report(tmp_path, capsys):
+    cfg, out = _config(tmp_path), tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]"]) == 0
+    assert "Float baseline" not in (out / "report.md").read_text()
+    assert main(["float", str(cfg), "--out", str(out)]) == 0
+    result = json.loads((out / "float" / "result.json").read_text())
+    report = (out / "report.md").read_text()
+    test = f"{100 * result['test_top1']:.2f} ± "
+    assert "## Float baseline" in report and f"test top-1 {test}" in report, report
+    stamp = (out / "float" / "model.pt").stat().st_mtime_ns
+    assert main(["float", str(cfg), "--out", str(out)]) == 2  # a finished baseline is not overwritten
+    assert main(["float", str(cfg), "--out", str(out), "--resume"]) == 0  # ... and kept with --resume
+    assert (out / "float" / "model.pt").stat().st_mtime_ns == stamp
+
+
 def test_a_run_killed_after_the_search_resumes_without_retraining(tmp_path, capsys):
     cfg, out = _config(tmp_path), tmp_path / "run"
     proc = _qspos("run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]")
