@@ -56,7 +56,7 @@ def test_run_goes_end_to_end_and_refuses_to_overwrite(tmp_path):
     assert (out / "report.md").stat().st_mtime_ns == stamp
 
 
-def test_a_refused_command_leaves_the_recorded_config_alone(tmp_path, capsys):
+def test_a_refused_command_leaves_the_recorded_config_alone_and_a_float_baseline_joins(tmp_path, capsys):
     cfg, out = _config(tmp_path), tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]"]) == 0
     recorded = (out / "config.yaml").read_bytes()
@@ -73,16 +73,11 @@ def test_a_refused_command_leaves_the_recorded_config_alone(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(out), "--format", "packed"]) == 0  # the run still reads as itself
 
-
-def test_the_float_baseline_joins_the_report(tmp_path, capsys):
-    cfg, out = _config(tmp_path), tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]"]) == 0
     assert "Float baseline" not in (out / "report.md").read_text()
     assert main(["float", str(cfg), "--out", str(out)]) == 0
     result = json.loads((out / "float" / "result.json").read_text())
     report = (out / "report.md").read_text()
-    test = f"{100 * result['test_top1']:.2f} ± "
-    assert "## Float baseline" in report and f"test top-1 {test}" in report, report
+    assert "## Float baseline" in report and f"test top-1 {100 * result['test_top1']:.2f} ± " in report, report
     stamp = (out / "float" / "model.pt").stat().st_mtime_ns
     assert main(["float", str(cfg), "--out", str(out)]) == 2  # a finished baseline is not overwritten
     assert main(["float", str(cfg), "--out", str(out), "--resume"]) == 0  # ... and kept with --resume
