@@ -43,6 +43,7 @@ from qspos.runtime.provenance import git_commit, machine
 from qspos.runtime.rundir import RunDir
 from qspos.stages.finetune import FinetuneResult, Target, finetune
 from qspos.stages.float_baseline import FloatResult, train_float
+from qspos.stages.report import binomial_se
 from qspos.stages.run import search_complete, supernet_complete
 from qspos.stages.search import evaluations, search, search_budgets
 from qspos.stages.search_results import SearchResult
@@ -268,7 +269,7 @@ class NetRecord:
     size_bits: int
     test_top1: float
     test_images: int
-    se: float  # binomial standard error of test_top1
+    se: float | None  # binomial standard error of test_top1 (None without test images)
     val_top1: float | None
     search_val_top1: float | None
     steps: int
@@ -277,10 +278,6 @@ class NetRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def binomial_se(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / n)
 
 
 def _record(seed: int, r: FinetuneResult) -> NetRecord:
@@ -630,7 +627,7 @@ def ranking_plot(path: str | Path, res: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     if r["archs"]:
         ax.errorbar([100 * a["supernet_val_top1"] for a in r["archs"]], [100 * a["test_top1"] for a in r["archs"]],
-                    yerr=[100 * a["se"] for a in r["archs"]], fmt="o", ms=4, capsize=2)
+                    yerr=[100 * (a["se"] or 0.0) for a in r["archs"]], fmt="o", ms=4, capsize=2)
     title = (f"n = {r['n']}, Kendall τ = {r['kendall_tau']:.2f}, Spearman ρ = {r['spearman_rho']:.2f}"
              if r["kendall_tau"] is not None else f"n = {r['n']}: " + (
                  "not measured yet" if r["n"] < 2 else "undefined (every value tied)"))

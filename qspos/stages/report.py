@@ -187,7 +187,7 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_n
         marks.append((f"{b.name} searched", b.best[0].bitops, b.best[0].val_top1))
         if b.uniform and b.uniform.val_top1 is not None:
             marks.append((f"uniform W{b.uniform.w_bits}A{b.uniform.a_bits}", b.uniform.bitops, b.uniform.val_top1))
-    tuned = [(name, r["bitops"], r["test_top1"], _se(r["test_top1"], r.get("test_images")) or 0.0)
+    tuned = [(name, r["bitops"], r["test_top1"], binomial_se(r["test_top1"], r.get("test_images")) or 0.0)
              for name, r in finetuned.items()]
     limits = [(b.name, b.limits["bitops"][1]) for b in search.budgets
               if "bitops" in b.limits and b.limits["bitops"][1] is not None]
@@ -195,7 +195,7 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_n
     pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits, baseline)  # every arch: search/pareto.png
 
 
-def _se(p: float | None, n: int | None) -> float | None:
+def binomial_se(p: float | None, n: int | None) -> float | None:
     """Binomial standard error of an accuracy ``p`` measured on ``n`` images (none for a caller's
     score outside [0, 1], which is no accuracy)."""
     return None if p is None or not n or not 0 <= p <= 1 else math.sqrt(p * (1 - p) / n)
@@ -204,7 +204,7 @@ def _se(p: float | None, n: int | None) -> float | None:
 def _p(v: float | None, n: int | None = None) -> str:
     if v is None:
         return "-"
-    se = _se(v, n)
+    se = binomial_se(v, n)
     return f"{100 * v:.2f}" if se is None else f"{100 * v:.2f} ± {100 * se:.2f}"
 
 
