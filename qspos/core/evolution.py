@@ -4,6 +4,8 @@ Each generation: the top-k archs evaluated so far are the parents; ``mutation_co
 by mutation (each choice point resampled with ``mutation_prob``) and ``crossover_count`` by
 uniform crossover of two parents; a child outside the budget or already seen is rejected, with at
 most ``max_tries`` attempts per kind; the population is refilled with random archs in the budget.
+A budget that admits only a sliver of the space may defeat rejection sampling for the first
+population; the evolution then starts from known-feasible seeds and mutation explores from there.
 Everything here is a pure function of the RNG, so every rank of a torchrun job breeds the same.
 """
 
@@ -53,6 +55,16 @@ def random_archs(space: Space, rng: random.Random, accept: Accept, seen: set[str
     return out
 
 
+def initial_population(space: Space, rng: random.Random, accept: Accept, count: int, max_tries: int,
+                       seeds: Sequence[Arch] = ()) -> list[Arch]:
+    """``count`` uniform archs in the budget or, when rejection sampling finds none, the ``seeds``
+    it admits (without them a tight but feasible budget could not be searched at all)."""
+    population = random_archs(space, rng, accept, set(), count, max_tries)
+    if population:
+        return population
+    return list({a.digest(): a for a in seeds if accept(a)}.values())[:count]
+
+
 def breed(space: Space, parents: Sequence[Arch], rng: random.Random, accept: Accept, seen: set[str],
           cfg: BreedSettings) -> list[Arch]:
     """The next population: mutation children, crossover children, then random refill."""
@@ -83,9 +95,11 @@ def evolve(space: Space, score: Callable[[Arch], float], accept: Accept, tiebrea
     In memory and without resume: the building block for a caller's own loop (the search stage
     keeps its state on disk between generations instead).
     """
-    population = random_archs(space, rng, accept, set(), settings.population, settings.max_tries)
+    population = initial_population(space, rng, accept, settings.population, settings.max_tries,
+                                    seeds=[space.extremes()[0]])
     if not population:
-        raise QsposError(f"no arch in {settings.max_tries} uniform samples meets the budget; loosen it")
+        raise QsposError(f"no arch in {settings.max_tries} uniform samples meets the budget, nor the "
+                         "space's cheapest arch; loosen it")
     archs: dict[str, Arch] = {}
     scores: dict[str, float] = {}
     for generation in range(iterations):

@@ -127,7 +127,7 @@ class SearchConfig:
     mutation_prob: float = 0.1
     mutation_count: int = 25
     crossover_count: int = 25
-    max_tries: int = 1000
+    max_tries: int = 100_000  # uniform samples in a row before giving up on one more arch in a budget
     calib_images: int = 2048  # BN recalibration images from the training split
     val_images: int | None = None  # None: the whole held-out validation split
     random_baseline: bool = True  # random search with as many evaluations, as a baseline

@@ -471,6 +471,19 @@ def expected(cfg: Config, plan: Plan) -> list[str]:
     return [f"{s}/{n}" for s in range(plan.seeds) for n in names] + [f"0/rank x{plan.rank_archs}"]
 
 
+def search_counts(work: str | Path) -> list[dict[str, Any]]:
+    """Per finished search and budget: the archs the evolution evaluated and those the random
+    search found (fewer means its baseline is weaker than the equal-evaluation one asked for)."""
+    wd = BenchDir(work)
+    out = []
+    for seed in wd.seeds():
+        path = wd.seed(seed).search_results
+        if path.is_file():
+            out += [{"seed": seed, "budget": b.name, "evaluations": b.evaluations,
+                     "random_evaluations": b.random_evaluations} for b in SearchResult.load(path).budgets]
+    return out
+
+
 def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]) -> dict[str, Any]:
     """``results.json``'s content from whatever is finished in ``work``."""
     nets = finished_nets(work, plan.init)
@@ -485,6 +498,7 @@ def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]
         "budgets": [{"name": b.name, "uniform": list(b.uniform) if b.uniform else None,
                      "bitops_max": b.limits.get("bitops", (None, None))[1]} for b in budgets],
         "nets": [n.to_dict() for n in nets], "summary": summarise(nets), "ranking": rank,
+        "searches": search_counts(work),
         "targets": targets(nets, rank, budgets, wall, not missing, plan.rank_archs),
         "wall_seconds": wall, "invocations": ledger,
     }
@@ -560,6 +574,12 @@ def markdown(res: dict[str, Any], provenance: dict[str, Any]) -> str:
         overlap = ", ".join(f"top-{k}: {v:.2f}" for k, v in r["top_k_overlap"].items())
         lines.append(f"{r['n']} archs spread over BitOps: Kendall τ = {r['kendall_tau']:.3f}, Spearman ρ = "
                      f"{r['spearman_rho']:.3f}; top-k overlap {overlap or '–'}.")
+    if res.get("searches"):
+        lines += ["", "## Search evaluations", "", "Archs evaluated per seed (evolution / random search):", ""]
+        for budget in dict.fromkeys(c["budget"] for c in res["searches"]):
+            counts = [f"s{c['seed']}: {c['evaluations'] or '?'} / {c['random_evaluations'] or 0}"
+                      for c in res["searches"] if c["budget"] == budget]
+            lines.append(f"- {budget}: " + ", ".join(counts))
     if res["missing"]:
         lines += ["", f"Not trained yet ({len(res['missing'])}): " + ", ".join(f"`{m}`" for m in res["missing"])]
     lines += ["", "## Provenance", "", f"- command: `{provenance['command']}`", f"- commit: `{provenance['commit']}`",

@@ -17,7 +17,7 @@ from typing import Any
 from qspos.core.arch import Arch
 from qspos.core.budget import Budget, parse_budgets
 from qspos.core.cost import CostModel
-from qspos.core.evolution import Accept, breed, random_archs, ranked
+from qspos.core.evolution import Accept, breed, initial_population, random_archs, ranked
 from qspos.core.metrics import ArchMetrics
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
@@ -142,6 +142,11 @@ class _Search:
     def accept_fn(self, budget: Budget) -> Accept:
         return lambda arch: budget.accepts(self.metrics(arch))
 
+    def extreme_archs(self, budget: Budget) -> list[Arch]:
+        """For each limit of ``budget``, the arch at its metric's feasible extreme (the smallest
+        value under an upper bound, the largest over a lower one): seeds that may meet them all."""
+        return [self.metrics.extreme(metric, largest=hi is None)[1] for metric, (_, hi) in budget.limits.items()]
+
     # ------------------------------------------------------------------ one budget
 
     def evolve(self, budget: Budget, bar, task) -> None:
@@ -150,12 +155,16 @@ class _Search:
         accept = self.accept_fn(budget)
         rng = random.Random(f"{self.scfg.seed}:evolution:{budget.name}")
         if "rng" not in bs:
-            population = random_archs(self.space, rng, accept, set(), self.scfg.population, self.scfg.max_tries)
+            population = initial_population(self.space, rng, accept, self.scfg.population, self.scfg.max_tries,
+                                            seeds=self.extreme_archs(budget))
             if not population:
                 raise QsposError(
                     f"budget {budget.name}: no arch in {self.scfg.max_tries} uniform samples meets all its "
-                    "limits together; loosen the budget or raise search.max_tries"
+                    "limits together, nor does any arch at one limit's extreme; loosen the budget"
                 )
+            if len(population) < self.scfg.population and self.main:
+                console.print(f"[yellow]budget {budget.name}: {len(population)} of {self.scfg.population} "
+                              "first-generation archs found in it (a tight budget); mutation explores from them")
             bs.update(generation=0, population=[a.to_dict() for a in population], evaluated=[],
                       rng=python_rng_state(rng), random=None)
         set_python_rng_state(rng, bs["rng"])
@@ -191,6 +200,9 @@ class _Search:
                 self.state["archs"].setdefault(a.digest(), a.to_dict())
             bs["random"] = [a.digest() for a in archs]
             self._save()
+            if len(archs) < len(bs["evaluated"]) and self.main:
+                console.print(f"[yellow]budget {budget.name}: random search found {len(archs)} of "
+                              f"{len(bs['evaluated'])} archs in {self.scfg.max_tries} samples; its baseline is weaker")
         digests = bs["random"]
         step = self.scfg.population
         bar.update(task, total=max(1, -(-len(digests) // step)))
@@ -241,6 +253,8 @@ class _Search:
                 best=[self.candidate(d) for d in self.ranked(bs["evaluated"])[: self.scfg.topk]],
                 uniform=uniforms[b.name],
                 random_best=self.candidate(self.ranked(rand)[0]) if rand else None,
+                evaluations=len(bs["evaluated"]),
+                random_evaluations=len(rand) if bs["random"] is not None else None,
             ))
         points = [
             ParetoPoint(arch, top1, self.bitops(d), self.metrics(arch)["size_bits"])

@@ -66,18 +66,22 @@ class BudgetResult:
     best: list[Candidate]
     uniform: UniformBaseline | None
     random_best: Candidate | None  # the random search's best, with as many evaluations
+    evaluations: int | None = None  # archs the evolution evaluated under this budget
+    random_evaluations: int | None = None  # archs the random search found (fewer under a tight budget)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "limits": self.limits, "spec": self.spec,
                 "best": [c.to_dict() for c in self.best],
                 "uniform": self.uniform.to_dict() if self.uniform else None,
-                "random_best": self.random_best.to_dict() if self.random_best else None}
+                "random_best": self.random_best.to_dict() if self.random_best else None,
+                "evaluations": self.evaluations, "random_evaluations": self.random_evaluations}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BudgetResult:
         return cls(d["name"], dict(d["limits"]), dict(d["spec"]), [Candidate.from_dict(c) for c in d["best"]],
                    UniformBaseline.from_dict(d["uniform"]) if d.get("uniform") else None,
-                   Candidate.from_dict(d["random_best"]) if d.get("random_best") else None)
+                   Candidate.from_dict(d["random_best"]) if d.get("random_best") else None,
+                   d.get("evaluations"), d.get("random_evaluations"))
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     assert {t["target"] for t in on_disk["targets"]} >= {"float test top-1", "evolution - random search at w2a2"}
     md = (out / "results.md").read_text()
     assert "PARTIAL" not in md and "uniform W8A8" in md and "piece 2" in md
+    (count,) = [c for c in on_disk["searches"] if c["budget"] == "w2a2"]
+    assert count["seed"] == 0 and count["evaluations"] >= count["random_evaluations"] > 0
+    assert f"- w2a2: s0: {count['evaluations']} / {count['random_evaluations']}" in md
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "ranking.png").stat().st_size > 0
 
     again = _finished(work)  # a resumed, finished benchmark trains nothing

@@ -57,7 +57,9 @@ def test_every_candidate_meets_its_budget_and_results_have_the_contract_format(t
     assert SearchResult.load(run_dir / "search" / "results.json") == result
     small, ranged = data["budgets"]
     assert ranged["name"] == "bitops-w4a4_bitops-min-w3a3"
-    assert set(small) == {"name", "limits", "spec", "best", "uniform", "random_best"}
+    assert set(small) == {"name", "limits", "spec", "best", "uniform", "random_best", "evaluations",
+                          "random_evaluations"}
+    assert small["evaluations"] == small["random_evaluations"] == len(state["budgets"]["small"]["evaluated"])
     assert small["limits"]["size_bytes"] == [None, 700.0] and small["spec"] == TWO_BUDGETS[0]
     best = small["best"]
     assert 1 <= len(best) <= cfg.search.topk
@@ -143,6 +145,17 @@ def test_infeasible_budget_and_missing_supernet(tmp_path, perturb):
         search(cfg, run_dir)
     with pytest.raises(QsposError, match="no trained supernet"):
         search(cfg, tmp_path / "elsewhere")
+
+
+def test_a_budget_rejection_sampling_cannot_hit_starts_from_its_extreme_arch(tmp_path, perturb):
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=[{"bitops": "uniform 2,2"}])
+    smallest, cheapest = _metrics_for(cfg, run_dir).extreme("bitops")
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=[{"name": "sliver", "bitops": smallest}],
+                            max_tries=3, random_baseline=True)
+    result = search(cfg, run_dir)
+    (b,) = result.budgets
+    assert b.best[0].bitops == smallest and b.evaluations >= 1
+    assert b.random_evaluations is not None and b.random_evaluations < b.evaluations  # recorded, not hidden
 
 
 def test_cli_search_reports_errors(tmp_path, perturb, capsys):
