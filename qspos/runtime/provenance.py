@@ -22,14 +22,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
-    """The short commit the results come from (None outside a git checkout)."""
+# what produces the numbers: an uncommitted change here means the commit alone does not say
+CODE_PATHS = ("qspos", "quant_kernels", ":(glob)benchmarks/*.py", "benchmarks/configs", "configs")
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The short commit the results come from, with ``+modified`` when the code differs from it
+    (None outside a git checkout). ``root``: the checkout (default: this package's)."""
+    root = root or Path(__file__).resolve().parents[2]
     try:
-        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-                             capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *CODE_PATHS], cwd=root, capture_output=True,
+                              timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    commit = head.stdout.strip() if head.returncode == 0 else ""
+    return (commit + ("+modified" if diff.returncode == 1 else "")) or None
 
 
 def machine() -> str:
