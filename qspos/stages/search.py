@@ -331,6 +331,8 @@ def chosen_table(result: SearchResult, names: Sequence[str]) -> Any:
     ])
     rows.append(["random best %"] + [round(100 * b.random_best.val_top1, 2) if b.random_best else None
                                      for b in result.budgets])
+    rows.append(["archs (evolution/random)"] + [f"{b.evaluations}/{b.random_evaluations}"
+                                                if b.evaluations is not None else None for b in result.budgets])
     rows.append(["BitOps (G)"] + [round(e.bitops / 1e9, 4) for e in best])
     rows.append(["weights (KiB)"] + [round(e.size_bits / 8 / 1024, 1) for e in best])
     return table("chosen archs (W bits, A bits, width)", ["layer"] + [b.name for b in result.budgets], rows)
