@@ -46,9 +46,15 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     return cfg, out
 
 
+def _default_sigint() -> None:
+    """A job started in the background (``cmd &``) inherits SIGINT ignored, and Python then keeps
+    it ignored; the child gets the default so that the tests do not depend on how pytest runs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "qspos", *args], cwd=ROOT, env=ONE_THREAD, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
 def _when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
