@@ -17,8 +17,11 @@ A uniform net whose bits are outside the space (8-bit in a {2,3,4} space) has no
 weights: it is its own run directory (``.../variants/uniform-w8a8/``, a one-arch space) and
 starts from the seed's float net under the ``supernet`` policy, from scratch under ``scratch``
 (its ``init`` says which). Each stage is the pipeline's own (``train_supernet``, ``search``,
-``finetune``, ``train_float``) with ``resume``: finished nets are never redone, a killed one goes
-on from its checkpoint. :func:`collect` reads whatever is finished into the results.
+``finetune``, ``train_float``) with ``resume``: a killed net goes on from its checkpoint, and a
+measured net (its ``result.json``) is never redone, even with its checkpoints gone, so the result
+files alone, copied into an empty work directory, continue a benchmark on another machine (the
+supernet and search are retrained only for a seed with nets still to measure). :func:`collect`
+reads whatever is measured into the results.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from qspos.runtime.config import Config, load_config
 from qspos.runtime.files import atomic_path, write_json, write_text
 from qspos.runtime.progress import console
 from qspos.runtime.provenance import git_commit, machine
-from qspos.runtime.rundir import RunDir
+from qspos.runtime.rundir import NetDir, RunDir
 from qspos.stages.finetune import FinetuneResult, Target, finetune
 from qspos.stages.float_baseline import FloatResult, train_float
 from qspos.stages.report import binomial_se
@@ -142,25 +145,28 @@ def uniform_tag(bits: int) -> str:
 
 
 def bench(cfg: Config, work: str | Path, plan: Plan = Plan(), on_progress: Callable[[], object] | None = None) -> None:
-    """Train every net of ``plan`` into ``work`` (see the module doc), keeping finished ones (the
-    supernet and the search run when a part needs them). ``on_progress`` runs after each
-    finished piece (e.g. to rewrite the results)."""
+    """Train every net of ``plan`` into ``work`` (see the module doc), skipping measured ones (the
+    float net, supernet and search run only when a net still to train needs them). ``on_progress``
+    runs after each finished piece (e.g. to rewrite the results)."""
     wd, parts, init = BenchDir(work), set(plan.parts), plan.init
     for seed in range(plan.seeds):
         scfg = seed_config(cfg, seed, init)
         run, nets = wd.seed(seed), wd.policy(seed, init)
-        space = build_supernet(scfg).space
+        supernet = build_supernet(scfg)
+        space, budgets = supernet.space, search_budgets(scfg, supernet)[1]
         outside = [k for k in plan.uniform_bits if not _in_space(space, k)] if "uniform" in parts else []
-        if "float" in parts or (outside and init == "supernet"):
+        variants = [(k, wd.variant(seed, init, net_name("uniform", uniform_tag(k)))) for k in outside]
+        variants = [(k, v) for k, v in variants if not measured(v.net(net_name("uniform", uniform_tag(k))))]
+        if ("float" in parts and not measured(run.float_net)) or (variants and init == "supernet"):
             train_float(scfg, run, resume=True)
             _done(on_progress)
-        for k in outside:
+        for k, variant in variants:
             name = net_name("uniform", uniform_tag(k))
             start = run.float_net.model if init == "supernet" else None
-            finetune(uniform_variant(scfg, k, start), wd.variant(seed, init, name), resume=True,
+            finetune(uniform_variant(scfg, k, start), variant, resume=True,
                      targets=[Target(name, space.uniform(k, k))])
             _done(on_progress)
-        if not {"uniform", "searched", "random"} & parts and not ("ranking" in parts and seed == 0):
+        if not _waiting(plan, seed, nets, space, budgets):
             continue
         _supernet_and_search(scfg, run, on_progress)
         found = SearchResult.load(run.search_results)
@@ -177,8 +183,27 @@ def bench(cfg: Config, work: str | Path, plan: Plan = Plan(), on_progress: Calla
             targets += [Target(net_name("rank", p.digest), p.arch, p.val_top1)
                         for p in spread(evaluations(scfg, run), plan.rank_archs)]
         for t in targets:  # one at a time: the results grow as each net finishes
-            finetune(scfg, nets, resume=True, targets=[t])
-            _done(on_progress)
+            if not measured(nets.net(t.name)):
+                finetune(scfg, nets, resume=True, targets=[t])
+                _done(on_progress)
+
+
+def measured(net: NetDir) -> bool:
+    """Is this net's ``result.json`` there? That is all the benchmark needs of a finished net: its
+    checkpoints may be gone (a fresh machine holding only the committed results)."""
+    return net.result.is_file()
+
+
+def _waiting(plan: Plan, seed: int, nets: RunDir, space: Any, budgets: Sequence[Budget]) -> bool:
+    """Does a net of this seed that needs the supernet (and the search) still wait to be measured?
+    The ranking sample is only known from the search, so it always does."""
+    parts = set(plan.parts)
+    if "ranking" in parts and seed == 0:
+        return True
+    names = [net_name("uniform", uniform_tag(k)) for k in plan.uniform_bits
+             if "uniform" in parts and _in_space(space, k)]
+    names += [net_name(kind, b.name) for b in budgets for kind in ("searched", "random") if kind in parts]
+    return any(not measured(nets.net(n)) for n in names)
 
 
 def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = Plan(), resume: bool = False,
@@ -275,6 +300,8 @@ class NetRecord:
     steps: int
     train_seconds: float
     arch: dict | None
+    val_top1_before: float | None = None  # after BN recalibration, before fine-tuning
+    searched_bitops: int | None = None  # the search's cost model (what a budget limits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,7 +313,7 @@ def _record(seed: int, r: FinetuneResult) -> NetRecord:
     n = r.test_images or 0
     return NetRecord(kind, tag if kind in ("searched", "random") else None, bits, seed, r.init, r.name, r.bitops,
                      r.size_bits, r.test_top1, n, binomial_se(r.test_top1, n), r.val_top1, r.search_val_top1,
-                     r.steps, r.train_seconds, r.arch.to_dict())
+                     r.steps, r.train_seconds, r.arch.to_dict(), r.val_top1_before, r.searched_bitops)
 
 
 def _float_record(seed: int, r: FloatResult) -> NetRecord:
@@ -301,13 +328,12 @@ def finished_nets(work: str | Path, init: str) -> list[NetRecord]:
     out = []
     for seed in wd.seeds():
         fl = wd.seed(seed).float_net
-        if fl.done:
+        if measured(fl):
             out.append(_float_record(seed, FloatResult.load(fl.result)))
         variants = sorted((wd.policy(seed, init).path / "variants").glob("*"))
-        runs = [wd.policy(seed, init), *(RunDir(p) for p in variants)]
-        for run in runs:
-            for net in run.finetuned():
-                out.append(_record(seed, FinetuneResult.from_dict(json.loads(net.result.read_text()))))
+        for run in [wd.policy(seed, init), *(RunDir(p) for p in variants)]:
+            for result in sorted((run.path / RunDir.FINETUNE).glob("*/result.json")):
+                out.append(_record(seed, FinetuneResult.from_dict(json.loads(result.read_text()))))
     return out
 
 
@@ -336,6 +362,30 @@ def summarise(nets: Sequence[NetRecord]) -> list[dict[str, Any]]:
                      "size_bits_mean": sum(n.size_bits for n in group) / len(group),
                      "per_seed": [{"seed": n.seed, "test_top1": n.test_top1, "se": n.se} for n in group]})
     return rows
+
+
+def diagnosis(nets: Sequence[NetRecord], budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+    """Per kind of net the supernet scored, the means that explain its test accuracy: the search's score
+    minus the net's val top-1 before fine-tuning (the pick's luck, seen on the larger val split:
+    the winner's curse), what fine-tuning adds to val top-1, and the share of its budget's BitOps
+    the arch spends."""
+    limit = {b.name: b.limits.get("bitops", (None, None))[1] for b in budgets}
+    out = []
+    for kind in ("uniform", "searched", "random", "rank"):
+        group = [n for n in nets if n.kind == kind and n.val_top1_before is not None
+                 and n.search_val_top1 is not None]  # the nets the supernet scored (not W8A8)
+        curse = [n.search_val_top1 - n.val_top1_before for n in group if n.search_val_top1 is not None]
+        gain = [n.val_top1 - n.val_top1_before for n in group if n.val_top1 is not None]
+        use = [n.searched_bitops / limit[n.budget] for n in group if limit.get(n.budget) and n.searched_bitops]
+        if group:
+            out.append({"kind": kind, "n": len(group), "search_minus_val_before": _mean(curse),
+                        "finetune_val_gain": _mean(gain), "budget_use": _mean(use),
+                        "budget_use_range": [min(use), max(use)] if use else None})
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return mean_std(values)[0] if values else None
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -498,7 +548,7 @@ def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]
         "budgets": [{"name": b.name, "uniform": list(b.uniform) if b.uniform else None,
                      "bitops_max": b.limits.get("bitops", (None, None))[1]} for b in budgets],
         "nets": [n.to_dict() for n in nets], "summary": summarise(nets), "ranking": rank,
-        "searches": search_counts(work),
+        "searches": search_counts(work), "diagnosis": diagnosis(nets, budgets),
         "targets": targets(nets, rank, budgets, wall, not missing, plan.rank_archs),
         "wall_seconds": wall, "invocations": ledger,
     }
@@ -580,6 +630,17 @@ def markdown(res: dict[str, Any], provenance: dict[str, Any]) -> str:
             counts = [f"s{c['seed']}: {c['evaluations'] or '?'} / {c['random_evaluations'] or 0}"
                       for c in res["searches"] if c["budget"] == budget]
             lines.append(f"- {budget}: " + ", ".join(counts))
+    if res.get("diagnosis"):
+        lines += ["", "## Diagnosis", "", "Means per kind of net (val top-1 on the val split, points; budget use: "
+                  "the arch's BitOps over its budget's limit):", "",
+                  "| nets | n | search score − val before fine-tuning | fine-tuning val gain | budget use |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for d in res["diagnosis"]:
+            use = "–" if d["budget_use"] is None else (f"{100 * d['budget_use']:.0f} % ("
+                                                       f"{100 * d['budget_use_range'][0]:.0f}–"
+                                                       f"{100 * d['budget_use_range'][1]:.0f} %)")
+            lines.append(f"| {d['kind']} | {d['n']} | {_signed(d['search_minus_val_before'])} | "
+                         f"{_signed(d['finetune_val_gain'])} | {use} |")
     if res["missing"]:
         lines += ["", f"Not trained yet ({len(res['missing'])}): " + ", ".join(f"`{m}`" for m in res["missing"])]
     lines += ["", "## Provenance", "", f"- command: `{provenance['command']}`", f"- commit: `{provenance['commit']}`",

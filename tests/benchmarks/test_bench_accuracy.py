@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     assert count["seed"] == 0 and count["evaluations"] >= count["random_evaluations"] > 0
     assert f"- w2a2: s0: {count['evaluations']} / {count['random_evaluations']}" in md
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "ranking.png").stat().st_size > 0
+    diag = {d["kind"]: d for d in on_disk["diagnosis"]}
+    assert set(diag) == {"uniform", "searched", "random", "rank"} and "## Diagnosis" in md
+    searched = next(n for n in res["nets"] if n["kind"] == "searched")
+    assert diag["searched"]["search_minus_val_before"] == pytest.approx(
+        searched["search_val_top1"] - searched["val_top1_before"])
+    assert diag["searched"]["finetune_val_gain"] == pytest.approx(searched["val_top1"] - searched["val_top1_before"])
+    assert 0 < diag["searched"]["budget_use"] <= 1 and diag["uniform"]["budget_use"] is None  # within its budget
 
     again = _finished(work)  # a resumed, finished benchmark trains nothing
     run_bench(cfg, work, out, plan, resume=True)
@@ -85,6 +93,33 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     assert main(["bench", str(tmp_path / "tiny.yaml"), "--out", str(work), "--seeds", "1", "--report-only"]) == 0
     assert json.loads((work / "results.json").read_text())["nets"] == res["nets"]
     assert _finished(work) == again and len(json.loads(BenchDir(work).ledger.read_text())) == 3
+
+
+def test_results_alone_continue_a_benchmark_on_a_fresh_machine(tmp_path):
+    """The committed state (result files, no checkpoints) copied into an empty work directory is a
+    benchmark to continue: measured nets stay as they are, only the missing one is trained."""
+    cfg = load_config(TINY)
+    work, fresh, out = tmp_path / "work", tmp_path / "fresh", tmp_path / "out"
+    plan = Plan(seeds=1, parts=("float", "uniform", "searched"), uniform_bits=(2, 8))
+    run_bench(cfg, work, out, plan)
+    for f in work.rglob("*"):
+        if f.is_file() and f.suffix != ".pt":
+            (fresh / f.relative_to(work)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, fresh / f.relative_to(work))
+    (fresh / "seed0/finetune/searched-w2a2/result.json").unlink()
+    kept = _finished(fresh)
+    assert len(kept) == 3 and not list(fresh.rglob("*.pt"))
+
+    res = run_bench(cfg, fresh, out, plan, resume=True)
+    assert {k: v for k, v in _finished(fresh).items() if k in kept} == kept  # nothing measured is redone
+    assert sorted(p.parent.name for p in fresh.rglob("model.pt")) == ["searched-w2a2"]
+    assert (fresh / "seed0/supernet.pt").is_file() and len(res["nets"]) == 4
+    assert res["missing"] == ["0/random-w2a2", "0/rank x16"]  # not in this plan
+
+    trained = _finished(fresh)  # all measured: not even the supernet is needed
+    (fresh / "seed0/supernet.pt").unlink()
+    run_bench(cfg, fresh, out, plan, resume=True)
+    assert _finished(fresh) == trained and not (fresh / "seed0/supernet.pt").exists()
 
 
 def test_bad_requests_are_one_line(tmp_path, monkeypatch):
