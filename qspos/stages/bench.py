@@ -374,7 +374,7 @@ def diagnosis(nets: Sequence[NetRecord], budgets: Sequence[Budget]) -> list[dict
     for kind in ("uniform", "searched", "random", "rank"):
         group = [n for n in nets if n.kind == kind and n.val_top1_before is not None
                  and n.search_val_top1 is not None]  # the nets the supernet scored (not W8A8)
-        curse = [n.search_val_top1 - n.val_top1_before for n in group if n.search_val_top1 is not None]
+        curse = [n.search_val_top1 - n.val_top1_before for n in group]
         gain = [n.val_top1 - n.val_top1_before for n in group if n.val_top1 is not None]
         use = [n.searched_bitops / limit[n.budget] for n in group if limit.get(n.budget) and n.searched_bitops]
         if group:
