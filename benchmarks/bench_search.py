@@ -30,7 +30,7 @@ import torch
 from qspos.runtime.build import load_supernet
 from qspos.runtime.config import load_config
 from qspos.runtime.data import load_splits
-from qspos.runtime.evaluate import CandidateEvaluator, fixed_batches
+from qspos.runtime.evaluate import search_evaluator
 from qspos.runtime.progress import console, table
 from qspos.stages.search import search
 
@@ -56,11 +56,9 @@ def bare_forward(model: torch.nn.Module, batches) -> None:
 def ratio(cfg, run_dir: Path, candidates: int) -> dict:
     supernet = load_supernet(cfg, run_dir / "supernet.pt")
     splits = load_splits(cfg.data, cfg.model)
-    bs = cfg.data.eval_batch_size
-    calib = fixed_batches(splits.calib, cfg.search.calib_images, bs)
-    val = fixed_batches(splits.val, cfg.search.val_images, bs)
+    evaluator = search_evaluator(cfg, supernet, splits, "cpu")
+    calib, val = evaluator.calib, evaluator.val
     n_images = sum(len(x) for x, _ in calib) + sum(len(x) for x, _ in val)
-    evaluator = CandidateEvaluator(supernet, calib, val, "cpu")
     rng = random.Random(0)
     archs = [supernet.space.sample(rng) for _ in range(candidates + 1)]
     evaluator.evaluate(archs[0])  # warm-up

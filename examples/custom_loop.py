@@ -1,5 +1,5 @@
-"""Your own training loop over a qspos supernet: sample a path, train it, price it, search it with
-your own score under a BitOps budget, and take out the standalone Brevitas net.
+"""Your own training loop over a qspos supernet: calibrate it, sample a path, train it, price it,
+search it with your own score under a BitOps budget, and take out the standalone Brevitas net.
 
     python examples/custom_loop.py [--steps 300] [--tiny]
 """
@@ -25,16 +25,10 @@ model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReL
                       nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
 space = {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]}
-sn = qspos.Supernet.from_model(model, space, input_shape=(3, 16, 16))
-opt = torch.optim.SGD(sn.parameters(), lr=0.05)  # no momentum: a path's update leaves the others alone
-rng = random.Random(0)
-for _ in range(3 if args.tiny else args.steps):
-    sn.set_arch(sn.space.sample(rng))  # uniform single-path sampling (SPOS)
-    batch = torch.randint(0, len(x), (64,))
-    loss = nn.functional.cross_entropy(sn(x[batch]), y[batch])
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+# the model's weights are the supernet's start; calib: a few training batches to set the activation
+# thresholds from (as qspos train does; left out, every threshold starts at 1.0 and costs accuracy)
+calib = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
+sn = qspos.Supernet.from_model(model, space, input_shape=(3, 16, 16), calib=calib)
 
 
 def score(arch: qspos.Arch) -> float:
@@ -46,6 +40,18 @@ def score(arch: qspos.Arch) -> float:
         acc = (sn(x[256:]).argmax(1) == y[256:]).float().mean().item()
     sn.train()
     return acc
+
+
+print(f"before training: largest path {100 * score(sn.space.extremes()[1]):.1f}%")  # the start, measured
+opt = torch.optim.SGD(sn.parameters(), lr=0.05)  # no momentum: a path's update leaves the others alone
+rng = random.Random(0)
+for _ in range(3 if args.tiny else args.steps):
+    sn.set_arch(sn.space.sample(rng))  # uniform single-path sampling (SPOS)
+    batch = torch.randint(0, len(x), (64,))
+    loss = nn.functional.cross_entropy(sn(x[batch]), y[batch])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 settings = {"population": 4, "iterations": 1, "topk": 2, "mutation_count": 2, "crossover_count": 2} if args.tiny \

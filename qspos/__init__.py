@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from qspos._version import __version__
 
 __all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate",
-           "evolve", "export", "finetune", "load_arch", "load_config", "load_quantized", "recalibrate_bn", "run",
-           "save_arch", "search", "train_float", "train_supernet"]
+           "evolve", "export", "finetune", "init_act_thresholds", "load_arch", "load_config", "load_quantized",
+           "recalibrate_bn", "run", "save_arch", "search", "train_float", "train_supernet"]
 
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
@@ -35,6 +35,7 @@ _EXPORTS = {
     "Config": "qspos.runtime.config", "load_config": "qspos.runtime.config",
     "load_arch": "qspos.runtime.files", "save_arch": "qspos.runtime.files",
     "QsposError": "qspos.errors", "recalibrate_bn": "qspos.runtime.evaluate",
+    "init_act_thresholds": "qspos.core.calibrate",
     "train_supernet": "qspos.api", "train_float": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
     "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
 }
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         train_supernet,
     )
     from qspos.core.arch import Arch, Choice
+    from qspos.core.calibrate import init_act_thresholds
     from qspos.core.space import ChoicePoint, Space
     from qspos.errors import QsposError
     from qspos.runtime.config import Config, load_config

@@ -27,16 +27,14 @@ from pathlib import Path
 
 from torch import nn
 
-from qspos.core import supernet as _supernet
 from qspos.core.arch import Arch
 from qspos.core.budget import parse_budgets
-from qspos.core.cost import Cost, CostModel
+from qspos.core.cost import CostModel
 from qspos.core.evolution import evolve as _evolve
 from qspos.core.metrics import ArchMetrics
 from qspos.errors import QsposError
-from qspos.models import convert
-from qspos.runtime.build import load_finetuned
-from qspos.runtime.config import Config, SpaceConfig, load_config, load_search_settings
+from qspos.runtime.build import Supernet, load_finetuned
+from qspos.runtime.config import Config, load_config, load_search_settings
 from qspos.runtime.rundir import RunDir
 from qspos.runtime.task import Data, Loss, Score, Task, batch_size_of, dataset_of, using
 from qspos.stages import evaluate as _evaluate
@@ -52,7 +50,7 @@ ConfigLike = Config | Mapping | str | Path
 
 def _with_task(config: ConfigLike, task: Task) -> Config:
     """The config with what the task's objects decide: the model's recorded name, the input
-    shape of the data, and the batch sizes of the loaders passed."""
+    shape of the data, the batch sizes of the loaders passed and the score's name."""
     cfg = load_config(config)
     model = cfg.model
     if task.model is not None:
@@ -69,7 +67,7 @@ def _with_task(config: ConfigLike, task: Task) -> Config:
         data = dataclasses.replace(data, batch_size=batch_size_of(task.train))
     if batch_size_of(task.val) or batch_size_of(task.test):
         data = dataclasses.replace(data, eval_batch_size=batch_size_of(task.val) or batch_size_of(task.test))
-    return dataclasses.replace(cfg, model=model, data=data)
+    return dataclasses.replace(cfg, model=model, data=data, score=task.score_name())
 
 
 def train_supernet(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
@@ -155,15 +153,15 @@ def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path
 
 
 def export(run_dir: str | Path, formats: list[str] | None = None, *, model: nn.Module | None = None,
-           train: Data | None = None, test: Data | None = None, score: Score | None = None,
-           ) -> list[_export.ExportResult]:
+           train: Data | None = None, test: Data | None = None) -> list[_export.ExportResult]:
     """Export every fine-tuned net of a run: ``onnx-qcdq``, ``qonnx``, ``packed`` (``qspos export``);
-    a run made from objects needs the same ``model``, ``train``/``test`` data and ``score`` again
-    (the QCDQ file's score over the test split is checked against the net's).
+    a run made from objects needs the same ``model`` and ``train``/``test`` data again. Each file
+    is checked by its outputs against the net's; a run's own score is never called on a file (the
+    QCDQ file's top-1 over the test split is compared when the run's score is top-1).
 
     >>> qspos.export("runs/qs", ["onnx-qcdq"])  # doctest: +SKIP
     """
-    with using(Task(model, train, None, test, None, score)):
+    with using(Task(model, train, None, test)):
         return _export.export(run_dir, formats)
 
 
@@ -198,41 +196,6 @@ def load_quantized(run_dir: str | Path, name: str, *, model: nn.Module | None = 
 
 
 # ---------------------------------------------------------------------------- the low-level API
-
-
-class Supernet(_supernet.Supernet):
-    """A supernet made from any model, for your own training loop::
-
-        sn = qspos.Supernet.from_model(model, {"weight_bits": [2, 4], "act_bits": [4],
-                                               "width_multipliers": [0.5, 1.0]}, input_shape=(3, 32, 32))
-        arch = sn.space.sample(random.Random(0))
-        sn.set_arch(arch)                        # one single path; train it as any module
-        sn.cost(arch).bitops                     # arithmetic, no forward
-        net = sn.extract(arch)                   # the standalone Brevitas net of that path
-    """
-
-    @classmethod
-    def from_model(cls, model: nn.Module, space: Mapping | SpaceConfig,
-                   input_shape: tuple[int, int, int]) -> Supernet:
-        """``model`` (left untouched) converted from its graph, spanning ``space`` (the config's
-        ``space`` section: a dict or a ``SpaceConfig``), for inputs of ``input_shape`` (C, H, W).
-
-        >>> sn = qspos.Supernet.from_model(net, {"pairs": [[2, 4], [4, 4]]}, (3, 32, 32))  # doctest: +SKIP
-        """
-        space_cfg = space if isinstance(space, SpaceConfig) else load_config({"space": dict(space)}).space
-        converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie)
-        supernet = cls(converted.net, converted.declaration, space_cfg)
-        supernet.layer_entries, supernet.input_shape = converted.layers, tuple(input_shape)
-        return supernet
-
-    def cost(self, arch: Arch) -> Cost:
-        """MACs, BitOps and size of ``arch``, per layer (shapes traced once, on first use).
-
-        >>> sn.cost(sn.space.uniform(4, 4)).bitops  # doctest: +SKIP
-        """
-        if getattr(self, "_costs", None) is None:
-            self._costs = CostModel(self, self.input_shape)
-        return self._costs.cost(arch)
 
 
 def evolve(supernet: Supernet, score: Callable[[Arch], float], budget: Mapping, seed: int = 0,

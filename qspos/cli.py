@@ -20,6 +20,7 @@ from qspos.errors import QsposError
 if TYPE_CHECKING:
     from qspos.runtime.config import Config
     from qspos.stages.bench import Plan
+    from qspos.stages.export import ExportResult
 
 EPILOG = "Every command also works as 'python -m qspos ...' and under torchrun. Docs: README.md."
 
@@ -210,12 +211,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     arch = load_arch(args.arch) if args.arch else None
     from qspos.runtime.distributed import is_main_process
-    from qspos.runtime.progress import stdout
+    from qspos.runtime.progress import ScoreFormat, stdout
     from qspos.stages.finetune import finetune, results_table
 
     results = finetune(cfg, args.out, arch=arch, pick=args.pick, resume=args.resume)
     if is_main_process():
-        stdout.print(results_table(results, f"fine-tuned nets: {cfg.name}"))
+        stdout.print(results_table(results, f"fine-tuned nets: {cfg.name}", ScoreFormat(cfg.score)))
     return 0
 
 
@@ -275,20 +276,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     for r in results:
         for fmt, why in r.skipped.items():
             console.print(f"[yellow]{r.name}: {fmt} skipped: {why}")
-    failed = [f"{r.name} ({', '.join(r.failed())})" for r in results if r.check_ok is False]
-    if failed:
-        console.print(f"[red]exported files disagree with PyTorch: {'; '.join(failed)} (see each summary.json)")
+    if _export_exit_code(results):
         return 1
     console.print(f"wrote {run.path / run.EXPORT}")
     return 0
 
 
+def _export_exit_code(results: list[ExportResult]) -> int:
+    """1, with a line naming them, when exported files failed their check against PyTorch, else 0:
+    ``qspos export`` and ``qspos run`` both exit with it, so that no script ships a failed export."""
+    from qspos.runtime.progress import console
+
+    failed = [f"{r.name} ({', '.join(r.failed())})" for r in results if r.check_ok is False]
+    if failed:
+        console.print(f"[red]exported files disagree with PyTorch: {'; '.join(failed)} (see each summary.json)")
+        return 1
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """Exit 1 when an exported file failed its check, as ``qspos export`` does."""
     cfg = _config(args)
     from qspos.stages.run import run
 
-    run(cfg, args.out, resume=args.resume)
-    return 0
+    return _export_exit_code(run(cfg, args.out, resume=args.resume).export)
 
 
 def bench_plan(args: argparse.Namespace) -> Plan:

@@ -131,7 +131,7 @@ def test_a_pipeline_from_objects_only(tmp_path):
     assert layers["3"]["out_channels"] == (16 if choice.width == 1.0 else 8) == layers["8"]["in_channels"]
 
 
-def test_a_dense_prediction_task_with_its_own_loss_and_score(tmp_path):
+def test_a_dense_prediction_task_with_its_own_loss_and_score(tmp_path, capsys):
     """Not classification: a per-pixel regression trained with MSE and searched by -MSE."""
     calls = {"loss": 0, "score": 0}
 
@@ -140,14 +140,15 @@ def test_a_dense_prediction_task_with_its_own_loss_and_score(tmp_path):
         x, y = batch
         return nn.functional.mse_loss(model(x), y)
 
-    def score(model, loader):
+    def neg_mse(model, loader):
         calls["score"] += 1
-        errors = [nn.functional.mse_loss(model(x), y).item() for x, y in loader]
+        device = next(model.parameters()).device  # a common line: the score sees real modules only
+        errors = [nn.functional.mse_loss(model(x.to(device)), y.to(device)).item() for x, y in loader]
         return -sum(errors) / len(errors)
 
     res = qspos.run(_SECTIONS, tmp_path / "run", model=_cnn(1, "conv"),
                     train=DataLoader(_images(128, 0, dense=True), batch_size=16),
-                    val=_images(32, 1, dense=True), test=_images(32, 2, dense=True), loss=loss, score=score)
+                    val=_images(32, 1, dense=True), test=_images(32, 2, dense=True), loss=loss, score=neg_mse)
     (net,) = res.finetune
     assert calls["loss"] == 6 + 3  # every supernet and fine-tuning step
     assert calls["score"] >= 4  # every candidate of the search, and the fine-tuned net's splits
@@ -157,7 +158,19 @@ def test_a_dense_prediction_task_with_its_own_loss_and_score(tmp_path):
     found = res.search.budgets[0]
     assert all(c.val_top1 <= 0 for c in found.best)
     summary = json.loads((tmp_path / "run" / "export" / net.name / "summary.json").read_text())
-    assert summary["check_ok"] is True  # the QCDQ file scored by the same score as PyTorch
+    check = summary["checks"]["onnx-qcdq"]  # judged by its outputs against PyTorch's, not by the score
+    assert summary["check_ok"] is True and check["matching"] >= 0.95 and check["test_top1"] is None
+
+    # the score is named and shown as it is: not as a top-1 in %, with no binomial error, and no
+    # "top1 nan%" for the training top-1 a caller's loss does not give
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["score"] == "neg_mse"
+    out = capsys.readouterr()
+    assert "nan" not in out.out + out.err and "val neg_mse" in out.out and "best -0.0" in out.err
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"| searched `{found.best[0].digest}` " in report and "±" not in report and "Accuracies" not in report
+    assert f"| {net.val_top1:.4g} | {net.test_top1:.4g} |" in report and "val neg_mse after BN" in report
+    pareto = (tmp_path / "run" / "search" / "pareto.md").read_text()
+    assert "val neg_mse |" in pareto and "%" not in pareto
 
 
 def test_the_low_level_api_for_a_custom_loop():

@@ -25,6 +25,7 @@ CHECKPOINT_ERRORS = {
     "list": "is not a qspos checkpoint: it holds a list", "tensor": "is not a qspos checkpoint: it holds a Tensor",
     "no_model": "is not a qspos checkpoint of this kind|is not a state dict",
     "missing_key": "does not fit this model: missing key",
+    "truncated": "cannot read checkpoint .*: the file is damaged .*restore a good copy, or delete it",
 }
 
 
@@ -118,6 +119,14 @@ def _missing_key(finished: Path, name: str, tmp_path: Path) -> Path:
     return path
 
 
+def _truncated(finished: Path, name: str, tmp_path: Path) -> Path:
+    """A run's real checkpoint cut short (torch reads one of its size as ``[Errno 22]``)."""
+    data = (finished / name).read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def _places(finished: Path, base: Path) -> dict:
     """Where a checkpoint is read: (file to replace, the command that reads it, files to drop first)."""
     arch = finished / "finetune" / "w3a3" / "arch.yaml"
@@ -135,7 +144,8 @@ def _places(finished: Path, base: Path) -> dict:
 
 PLACES = ["supernet", "search_state", "train_state", "model_eval", "model_export", "float"]
 CASES = [(kind.stem, place) for kind in BAD_CHECKPOINTS for place in PLACES] + [
-    ("missing_key", place) for place in ("supernet", "model_eval", "model_export")]  # a model state dict
+    ("missing_key", place) for place in ("supernet", "model_eval", "model_export")] + [  # a model state dict
+    ("truncated_real", place) for place in PLACES if place != "float"]  # the run's own file, cut short
 
 
 @pytest.mark.parametrize("kind, place", CASES, ids=[f"{k}-{p}" for k, p in CASES])
@@ -143,6 +153,8 @@ def test_a_bad_checkpoint_is_one_line_wherever_it_is_read(kind, place, finished,
     rel, argv, drop = _places(finished, base_file)[place]
     if kind == "missing_key":
         source = _missing_key(finished, rel, tmp_path)
+    elif kind == "truncated_real":
+        source = _truncated(finished, rel, tmp_path)
     else:
         source = CORPUS / "checkpoints" / f"{kind}.pt"
     run = shutil.copytree(finished, tmp_path / "run")
@@ -154,6 +166,6 @@ def test_a_bad_checkpoint_is_one_line_wherever_it_is_read(kind, place, finished,
     argv = [a.format(file=run / rel, run=run) for a in argv]
     if argv[0] not in ("eval", "export"):
         argv += ["--out", str(run)]
-    line = _fails_on_one_line(argv, capsys, CHECKPOINT_ERRORS[kind])
+    line = _fails_on_one_line(argv, capsys, CHECKPOINT_ERRORS[kind.removesuffix("_real")])
     assert Path(rel).name in line
     assert _snapshot(run) == before

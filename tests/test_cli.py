@@ -132,7 +132,8 @@ def test_space_of_a_converted_torchvision_model(tmp_path, capsys):
     }))
     assert main(["space", str(cfg), "--json"]) == 0
     space = json.loads(capsys.readouterr().out)
-    assert space["notes"] == ["stem features.0.0: 1 input channel(s) instead of 3"]
+    assert space["notes"][0] == "stem features.0.0: 1 input channel(s) instead of 3"
+    assert space["notes"][1].startswith("every width at 0.5 still leaves ")
     points = {p["name"]: p for p in space["choice_points"]}
     assert points["features.2"]["bits_layers"] == ["features.2.conv.0.0", "features.2.conv.1.0",
                                                    "features.2.conv.2"]

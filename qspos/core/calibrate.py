@@ -15,13 +15,19 @@ from quant_kernels import fake_quant
 
 
 @torch.no_grad()
-def init_act_thresholds(supernet: Supernet, images: Iterable, device: torch.device, samples: int = 1 << 15) -> None:
+def init_act_thresholds(supernet: Supernet, images: Iterable, device: torch.device | str | None = None,
+                        samples: int = 1 << 15) -> None:
     """Give the activation threshold of every bit-width of every layer a sensible start: the
     one that minimises the MSE of quantising that layer's observed input at that bit-width.
 
-    Inputs are observed on the largest path with activations left in float and BN on batch
-    statistics; every buffer (BN statistics, active path) is restored afterwards.
+    ``images``: ``(input, target)`` batches (a few of the training data's), moved to ``device``
+    (default: the supernet's). Inputs are observed on the largest path with activations left in
+    float and BN on batch statistics; every buffer (BN statistics, active path) is restored
+    afterwards. Left at their start (1.0), the thresholds cost a W8A8 net about 10 points of top-1.
+
+    >>> qspos.init_act_thresholds(sn, itertools.islice(train_loader, 4))  # doctest: +SKIP
     """
+    device = next(supernet.parameters()).device if device is None else device
     quants = [layer.input_quant for _, layer in supernet.layer_items() if layer.input_quant.quantized]
     seen: dict[int, list[torch.Tensor]] = {id(q): [] for q in quants}
     g = torch.Generator().manual_seed(0)

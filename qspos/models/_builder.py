@@ -131,7 +131,8 @@ def _load(model: nn.Module, weights: Mapping[str, torch.Tensor], stems: list[str
         raise QsposError(f"model.args.weights: do not fit the model: missing keys {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
                          f"{' ...' if len(unexpected) > 5 else ''}")
-    state, notes = dict(weights), []
+    state, notes = model.state_dict(), []  # the model's own, with the versions of its formats (MNASNet checks them)
+    state.update(weights)
     for key, value in weights.items():
         want = own[key].shape
         if value.shape == want:

@@ -7,8 +7,10 @@ sides (BatchNorm, depthwise convs, elementwise activations, pooling, residual ad
 of a squeeze-excitation) merge spaces, so each merged class is one **channel group**: it takes one
 width or none. A group is *pinned* (kept at its width) for every reason the graph gives:
 concatenations, grouped convs, a flatten of more than one pixel, the network's input and output,
-and any operation this analysis does not know. Pinning is the safe side: an unknown op only costs
-a width choice, never a wrong network.
+a single channel, and every operation this analysis does not model exactly (a split, a slice, a
+view other than a flatten, a reduction over the channels, a tensor of lower rank broadcast over
+them, any op it does not know). Only the ops listed below are modelled; pinning is the safe side:
+an unknown op only costs a width choice, never a wrong network.
 
 Why torch.fx and not torch-pruning's ``DependencyGraph``: the same trace also proves which inputs
 are non-negative (for unsigned activation quantizers) and names every coupling, which ``qspos
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -49,6 +52,9 @@ _BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _FLATTEN = {torch.flatten}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
+# reads of a tensor's size: no channel is used
+_SIZE_METHODS = {"size", "dim", "numel"}
+_SIZE_ATTRS = {"shape", "ndim", "dtype", "device"}
 # what makes a tensor non-negative, and what keeps it so
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardsigmoid, nn.Sigmoid, nn.Softmax)
 _NONNEG_FUNCTIONS = {F.relu, F.relu6, F.hardsigmoid, torch.relu, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax}
@@ -96,8 +102,8 @@ class ChannelGroup:
 class GraphInfo:
     layers: dict[str, LayerNode]  # in forward order
     groups: dict[int, ChannelGroup]
-    first: list[str]  # layers reading the network input
-    last: list[str]  # layers whose outputs reach the network output
+    first: list[str]  # layers reading the network input (through no other layer)
+    last: list[str]  # layers writing the network output (through no other layer)
 
 
 # subclasses of these that keep the base forward compute what the base does: leaves, like it
@@ -176,6 +182,22 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return [a for a in flat if isinstance(a, fx.Node) and _shape(a) is not None]
 
 
+def _reads_size(node: fx.Node) -> bool:
+    """A read of a tensor's size, rank, dtype or device: it runs on whatever width a path has (an
+    op that then uses the size is judged on its own)."""
+    if node.op == "call_method":
+        return node.target in _SIZE_METHODS
+    return node.op == "call_function" and node.target is getattr and node.args[1] in _SIZE_ATTRS
+
+
+def _spatial_dims(node: fx.Node, x: fx.Node) -> bool:
+    """Whether a reduction ``node`` of ``x`` (``x.mean((2, 3))``) runs over spatial dims only."""
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dims = dims if isinstance(dims, (tuple, list)) else [dims]
+    rank = len(_shape(x))
+    return all(isinstance(d, int) and 2 <= d % rank for d in dims)
+
+
 def _where(node: fx.Node) -> str:
     """Where ``node`` happens: the innermost module running it (the model itself: its name)."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -190,31 +212,65 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"{getattr(node.target, '__name__', node.target)}() {_where(node)}"
 
 
-def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
-    """Trace ``model`` on one input of ``input_shape`` (C, H, W) and find its layers' channel
-    groups, the groups that may shrink, and the layers whose inputs are non-negative."""
-    gm = trace(model)
-    modules = dict(gm.named_modules())
+def _traced(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    """The model's graph in train mode, the graph the supernet is trained through (a model with
+    extra train-mode outputs shows them), its shapes propagated in eval mode. The graph keeps the
+    train-mode branches of the modules it traced through (a timm BatchNormAct2d updates its
+    statistics): the buffers are restored after the propagation."""
     was_training = model.training
-    model.eval()
-    try:  # ShapeProp prints the traceback of a failing node itself: the user gets one line instead
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    try:
+        model.train()
+        gm = trace(model)
+        model.eval()
+        # ShapeProp prints the traceback of a failing node itself: the user gets one line instead
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    except QsposError:
+        raise
     except Exception as e:  # noqa: BLE001
         cause = e.__cause__ or e  # ShapeProp wraps the node's own error
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise QsposError(f"model: a forward of a {tuple(input_shape)} input failed: {text}") from None
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return gm
 
+
+def _output(gm: fx.GraphModule, name: str) -> fx.Node:
+    """The network's one output tensor. A model returning more in train mode (the auxiliary
+    logits of GoogLeNet and Inception) would be trained on a tuple, and its auxiliary heads
+    searched and costed as inner layers: refused, saying what it returns."""
+    (value,) = next(n for n in reversed(gm.graph.nodes) if n.op == "output").args
+    if isinstance(value, fx.Node) and _shape(value) is not None:
+        return value
+    held = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else value
+    if held is None:
+        what = "None"
+    elif isinstance(held, (tuple, list, dict)):
+        what = f"{len(held)} values ({type(held).__name__.removeprefix('immutable_')})"  # fx's own dict, list
+    else:
+        what = f"a value of type {type(held).__name__}"
+    raise QsposError(f"model: {name}'s forward returns {what} in train mode, not one tensor (qspos trains, "
+                     "searches and exports the one output of a model: build it without auxiliary outputs, "
+                     "e.g. torchvision's aux_logits=False)")
+
+
+def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
+    """Trace ``model`` on one input of ``input_shape`` (C, H, W) and find its layers' channel
+    groups, the groups that may shrink, and the layers whose inputs are non-negative."""
+    gm = _traced(model, input_shape)
+    modules = dict(gm.named_modules())
     _refuse_hidden_layers(gm, dict(model.named_modules()))
+    _output(gm, type(model).__name__)
     spaces = _Spaces()
     space_of: dict[fx.Node, int] = {}
     nonneg: dict[fx.Node, bool] = {}
     layers: dict[str, tuple[nn.Module, int, int, bool, bool]] = {}
     norms: list[tuple[str, int]] = []
-    input_spaces: list[int] = []
-    output_spaces: list[int] = []
 
     def space(node: fx.Node) -> int:
         if node not in space_of:  # a tensor made by an op we did not model: keep it as it is
@@ -222,7 +278,10 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
         return space_of[node]
 
     def keep(node: fx.Node, src: fx.Node) -> None:
-        space_of[node] = space(src)
+        if len(_shape(src)) > 1 and _shape(src)[1] == _shape(node)[1]:
+            space_of[node] = space(src)
+        else:  # a channel-keeping op used otherwise (a pad of the channels): not modelled
+            opaque(node, _tensor_args(node))
 
     def opaque(node: fx.Node, args: list[fx.Node]) -> None:
         reason = f"passes through {_describe(node, modules)}"
@@ -239,15 +298,15 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
         if node.op == "placeholder":
             if shape is not None and len(shape) > 1:
                 space_of[node] = spaces.new(shape[1], "network input")
-                input_spaces.append(space_of[node])
             continue
         if node.op == "output":
             for a in args:
                 spaces.pin(space(a), "network output")
-                output_spaces.append(space(a))
             continue
-        if shape is None or len(shape) < 2:
-            continue  # sizes, shapes and scalars carry no channels
+        if shape is None or len(shape) < 2:  # no channel dim out: sizes, or a split or reduction of the channels
+            if args and not _reads_size(node):
+                opaque(node, args)
+            continue
         if node.op == "get_attr":
             space_of[node] = spaces.new(shape[1], f"tensor {node.target} used directly")
             continue
@@ -268,9 +327,10 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
                     space_of[node] = spaces.new(m.out_channels)
                 layers[node.target] = (m, space(x), space_of[node], nonneg[x], depthwise)
             elif isinstance(m, nn.Linear):
-                if len(_shape(x)) != 2:
-                    raise QsposError(f"model: cannot convert {node.target}: a Linear on a {len(_shape(x))}-D input "
-                                     f"{tuple(_shape(x))} (qspos quantizes Linear layers on (N, features) inputs)")
+                if len(_shape(x)) != 2:  # its cost, masks and integer check all take (N, features)
+                    raise QsposError(f"model: cannot convert {node.target}: a Linear applied to a {len(_shape(x))}-D "
+                                     f"input {tuple(_shape(x))} (as in ConvNeXt's channels-last blocks); qspos "
+                                     "converts a Linear on (N, features) inputs only: write it as a 1x1 Conv2d")
                 space_of[node] = spaces.new(m.out_features)
                 layers[node.target] = (m, space(x), space_of[node], nonneg[x], False)
             elif isinstance(m, nn.BatchNorm2d):
@@ -282,7 +342,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
             elif isinstance(m, _KEEP_MODULES):
                 keep(node, x)
             elif isinstance(m, nn.Flatten):
-                _flatten(node, x, spaces, space_of, space)
+                _flatten(node, x, spaces, space_of, space, modules)
             else:
                 opaque(node, args)
         elif node.op in ("call_function", "call_method"):
@@ -293,8 +353,8 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
             elif target in _BINARY or target in _BINARY_METHODS:
                 _binary(node, args, spaces, space_of, space)
             elif target in _FLATTEN or target in _FLATTEN_METHODS:
-                _flatten(node, x, spaces, space_of, space)
-            elif target == "mean" and _shape(x)[:2] == shape[:2]:
+                _flatten(node, x, spaces, space_of, space, modules)
+            elif target == "mean" and _spatial_dims(node, x):
                 keep(node, x)  # a global average over the spatial dims
             elif target in _CAT or target == "cat":
                 dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
@@ -308,7 +368,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
         else:
             opaque(node, args)
 
-    return _collect(spaces, layers, norms, input_spaces, output_spaces)
+    return _collect(spaces, layers, norms, *_ends(gm, layers))
 
 
 def _refuse_hidden_layers(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
@@ -334,12 +394,19 @@ def _refuse_hidden_layers(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> 
 def _binary(node: fx.Node, args: list[fx.Node], spaces: _Spaces, space_of: dict, space) -> None:
     """Channel-wise multiplies (a squeeze-excitation's gate) merge the channels of their
     operands; adds and subtractions of two feature maps are residual joins, which keep their
-    width (a residual stream stays as the model has it). An operand broadcast over channels
-    (one channel) is a scale: it leaves them alone, and keeps its one channel."""
-    out_c = _shape(node)[1]
-    full = [a for a in args if len(_shape(a)) > 1 and _shape(a)[1] == out_c and out_c > 1]
-    if not full:
-        space_of[node] = space(args[0]) if len(_shape(args[0])) > 1 else spaces.new(out_c, f"made {_where(node)}")
+    width (a residual stream stays as the model has it). Operands of the output's rank with its
+    channels merge, one-channel outputs included (``x - out(u)`` of a denoiser). An operand
+    broadcast over the channels (one channel of several) is a scale: it leaves them alone and
+    keeps its one channel. An operand of lower rank lines its dims up with the output's last
+    ones, which this analysis does not follow: both keep their channels."""
+    out = _shape(node)
+    same = [a for a in args if len(_shape(a)) == len(out)]
+    full = [a for a in same if _shape(a)[1] == out[1]]
+    lower = [a for a in args if a not in same and math.prod(_shape(a)) > 1]  # scalars aside
+    if not full:  # the output's channels come from a lower-rank operand
+        space_of[node] = spaces.new(out[1], f"broadcast {_where(node)}")
+        for a in args:
+            spaces.pin(space(a), f"broadcast {_where(node)}")
         return
     root = space(full[0])
     for a in full[1:]:
@@ -347,24 +414,29 @@ def _binary(node: fx.Node, args: list[fx.Node], spaces: _Spaces, space_of: dict,
     name = getattr(node.target, "__name__", str(node.target)).strip("_")
     if len(full) > 1 and name.lstrip("i") in ("add", "sub"):
         spaces.pin(root, f"feeds the residual add {_where(node)}")
-    for a in args:  # a one-channel map broadcast over the channels must stay one channel
-        if a not in full and len(_shape(a)) > 1:
-            spaces.pin(space(a), f"broadcast {_where(node)}")
+    for a in [a for a in same if a not in full] + lower:  # a one-channel map broadcast over the channels
+        spaces.pin(space(a), f"broadcast {_where(node)}")
+    if lower:
+        spaces.pin(root, f"broadcast with a {len(_shape(lower[0]))}-D tensor {_where(node)}")
     space_of[node] = root
 
 
-def _flatten(node: fx.Node, x: fx.Node, spaces: _Spaces, space_of: dict, space) -> None:
-    """A flatten of one pixel per channel keeps the channels; of more, it interleaves them."""
+def _flatten(node: fx.Node, x: fx.Node, spaces: _Spaces, space_of: dict, space, modules: dict) -> None:
+    """A flatten to (N, features) of one pixel per channel keeps the channels; of more, it
+    interleaves them; any other view or reshape (of the channels into two dims, ...) is not
+    modelled."""
     src, out = _shape(x), _shape(node)
-    pixels = 1
-    for d in src[2:]:
-        pixels *= d
-    if len(out) == 2 and out[1] == src[1] and pixels == 1:
+    pixels = math.prod(src[2:])
+    flat = len(out) == 2 and out == (src[0], src[1] * pixels)
+    if flat and pixels == 1:
         space_of[node] = space(x)
-    else:
+        return
+    if flat:
         reason = f"flattened with {'x'.join(map(str, src[2:]))} pixels {_where(node)}"
-        spaces.pin(space(x), reason)
-        space_of[node] = spaces.new(out[1] if len(out) > 1 else 1, reason)
+    else:
+        reason = f"passes through {_describe(node, modules)}"
+    spaces.pin(space(x), reason)
+    space_of[node] = spaces.new(out[1] if len(out) > 1 else 1, reason)
 
 
 def _proves_nonneg(node: fx.Node, modules: dict[str, nn.Module], args: list[fx.Node],
@@ -398,30 +470,50 @@ def _proves_nonneg(node: fx.Node, modules: dict[str, nn.Module], args: list[fx.N
     return preserve and bool(args) and all(nonneg.get(a, False) for a in args)
 
 
-def _collect(spaces: _Spaces, layers: dict, norms: list[tuple[str, int]], input_spaces: list[int],
-             output_spaces: list[int]) -> GraphInfo:
+def _ends(gm: fx.GraphModule, layers: dict) -> tuple[list[str], list[str]]:
+    """The layers reading the network input and those writing its output, each through no other
+    layer: found from the graph's placeholders and its output (a classifier followed by a softmax
+    is still the last layer; a layer merely coupled with the output channels is not)."""
+
+    def reach(start: list[fx.Node], step) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            node = todo.pop()
+            if node in seen or _reads_size(node):
+                continue
+            seen.add(node)
+            if node.op == "call_module" and node.target in layers:
+                found.add(node.target)
+            else:
+                todo.extend(step(node))
+        return found
+
+    nodes = list(gm.graph.nodes)
+    first = reach([n for n in nodes if n.op == "placeholder"], lambda n: list(n.users))
+    last = reach([n for n in nodes if n.op == "output"], lambda n: n.all_input_nodes) - first
+    return [n for n in layers if n in first], [n for n in layers if n in last]
+
+
+def _collect(spaces: _Spaces, layers: dict, norms: list[tuple[str, int]], first: list[str],
+             last: list[str]) -> GraphInfo:
     groups: dict[int, ChannelGroup] = {}
 
     def group(s: int) -> ChannelGroup:
         r = spaces.find(s)
         if r not in groups:
-            groups[r] = ChannelGroup(r, spaces.channels[r], pinned=list(spaces.reasons.get(r, [])))
+            pinned = list(spaces.reasons.get(r, []))
+            if spaces.channels[r] == 1:
+                pinned.append("one channel")  # nothing to narrow; grown, it would no longer broadcast
+            groups[r] = ChannelGroup(r, spaces.channels[r], pinned=pinned)
         return groups[r]
 
-    inputs = {spaces.find(s) for s in input_spaces}
-    outputs = {spaces.find(s) for s in output_spaces}
     nodes: dict[str, LayerNode] = {}
-    first, last = [], []
     for order, (name, (m, sin, sout, nn_in, depthwise)) in enumerate(layers.items()):
         gin, gout = group(sin), group(sout)
         nodes[name] = LayerNode(name, m, gin.id, gout.id, nn_in, depthwise, order)
         gout.producers.append(name)
         if not depthwise:
             gin.consumers.append(name)
-        if gin.id in inputs:
-            first.append(name)
-        elif gout.id in outputs:
-            last.append(name)
     for name, s in norms:
         group(s).norms.append(name)
     for name in first:  # the fixed first layers keep their outputs

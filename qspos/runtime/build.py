@@ -5,17 +5,21 @@ Every command rebuilds its networks from the config alone through these function
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from qspos.core import supernet as core
 from qspos.core.arch import Arch
-from qspos.core.supernet import Supernet
+from qspos.core.backbone import SpaceDeclaration
+from qspos.core.calibrate import init_act_thresholds
+from qspos.core.cost import Cost, CostModel
 from qspos.errors import QsposError
-from qspos.models import Converted, build_model, convert
+from qspos.models import Converted, LayerEntry, build_model, convert
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
-from qspos.runtime.config import Config
+from qspos.runtime.config import Config, SpaceConfig, load_config
 from qspos.runtime.distributed import pick_device
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
 from qspos.runtime.task import OBJECT_PREFIX, current
@@ -32,14 +36,71 @@ def quant_backend(cfg: Config, device: torch.device | str | None = None, compile
     return best_backend(torch.device(device).type if device is not None else pick_device(cfg.train.device).type)
 
 
+class Supernet(core.Supernet):
+    """A supernet made from any model, with the input shape its costs are traced at. One class
+    for the stages (:func:`build_supernet`) and a custom loop (``qspos.Supernet.from_model``), so
+    a supernet of either kind works with all of the API (``qspos.evolve``, ``cost``)::
+
+        sn = qspos.Supernet.from_model(model, {"weight_bits": [2, 4], "act_bits": [4],
+                                               "width_multipliers": [0.5, 1.0]}, input_shape=(3, 32, 32),
+                                       calib=itertools.islice(train_loader, 4))   # thresholds calibrated
+        arch = sn.space.sample(random.Random(0))
+        sn.set_arch(arch)                        # one single path; train it as any module
+        sn.cost(arch).bitops                     # arithmetic, no forward
+        net = sn.extract(arch)                   # the standalone Brevitas net of that path
+    """
+
+    def __init__(self, net: nn.Module, declaration: SpaceDeclaration, space_cfg: core.SpaceSpec,
+                 input_shape: tuple[int, int, int], layer_entries: list[LayerEntry] | None = None):
+        super().__init__(net, declaration, space_cfg)
+        self.input_shape = tuple(input_shape)
+        self.layer_entries = layer_entries or []  # what each layer got from the conversion
+        self.notes: list[str] = []  # what fitting a configured model to the task changed (stem, head)
+        self._costs: CostModel | None = None
+
+    @classmethod
+    def from_model(cls, model: nn.Module, space: Mapping | SpaceConfig, input_shape: tuple[int, int, int], *,
+                   calib: Iterable | None = None, device: torch.device | str = "cpu") -> Supernet:
+        """``model`` converted from its graph, spanning ``space`` (the config's ``space`` section:
+        a dict or a ``SpaceConfig``), for inputs of ``input_shape`` (C, H, W), on ``device`` with
+        the quant backend the stages' ``quant.backend: auto`` picks there.
+
+        ``model`` is left untouched; its weights are the supernet's start (a pretrained model
+        starts pretrained). With ``calib`` (``(input, target)`` batches, e.g. a few of your
+        training loader's), the activation thresholds are calibrated as ``qspos train`` does
+        (:func:`~qspos.core.calibrate.init_act_thresholds`); without it they start at 1.0.
+
+        >>> sn = qspos.Supernet.from_model(net, {"pairs": [[4, 4]]}, (3, 32, 32), calib=batches)  # doctest: +SKIP
+        """
+        if len(tuple(input_shape)) != 3 or not all(isinstance(n, int) and n > 0 for n in input_shape):
+            raise QsposError(f"input_shape: give one image's (channels, height, width), e.g. (3, 32, 32); "
+                             f"got {tuple(input_shape)}")
+        space_cfg = space if isinstance(space, SpaceConfig) else load_config({"space": dict(space)}).space
+        converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie)
+        supernet = cls(converted.net, converted.declaration, space_cfg, input_shape, converted.layers).to(device)
+        supernet.set_quant_backend(best_backend(torch.device(device).type))
+        if calib is not None:
+            init_act_thresholds(supernet, calib, device)
+        return supernet
+
+    def cost(self, arch: Arch) -> Cost:
+        """MACs, BitOps and size of ``arch``, per layer (shapes traced once, on first use).
+
+        >>> sn.cost(sn.space.uniform(4, 4)).bitops  # doctest: +SKIP
+        """
+        if self._costs is None:
+            self._costs = CostModel(self, self.input_shape)
+        return self._costs.cost(arch)
+
+
 def build_supernet(cfg: Config, device: torch.device | str | None = None) -> Supernet:
     """The supernet of a config: its model converted at the space's largest width multiplier,
     with the quant backend for ``device`` (see :func:`quant_backend`). What was changed to fit
     the model to the task (stem, head) is in ``supernet.notes``, what each layer got from the
     conversion in ``supernet.layer_entries``."""
     converted, notes = convert_model(cfg)
-    supernet = Supernet(converted.net, converted.declaration, cfg.space)
-    supernet.notes, supernet.layer_entries = notes, converted.layers
+    supernet = Supernet(converted.net, converted.declaration, cfg.space, cfg.input_shape, converted.layers)
+    supernet.notes = notes
     supernet.set_quant_backend(quant_backend(cfg, device))
     return supernet
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import nn
 from qspos.errors import QsposError
 from qspos.runtime.files import atomic_path
 
+ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save file begins
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Save so that a crash mid-write never leaves a truncated file at ``path``."""
@@ -28,13 +30,17 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict:
     """A checkpoint written by qspos (a dict of tensors and plain values), loaded with
     ``weights_only=True``; anything else (a missing, empty or foreign file, pickled code, a dict
-    without the ``require`` d keys) is a one-line error naming the file."""
+    without the ``require`` d keys) is a one-line error naming the file; a damaged one (cut short
+    by a copy or a full disk) says so, and what to do."""
     path = Path(path)
     if not path.is_file():
         raise QsposError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
+        if _damaged(path, e):
+            raise QsposError(f"cannot read checkpoint {path}: the file is damaged (cut short or corrupted); "
+                             "restore a good copy, or delete it and rerun the command that wrote it") from None
         why = (str(e).splitlines() or [type(e).__name__])[0]  # a zero-byte file's error has no message
         raise QsposError(f"cannot read checkpoint {path}: {why or type(e).__name__}") from None
     if not isinstance(state, dict):
@@ -43,6 +49,14 @@ def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict:
     if missing:
         raise QsposError(f"{path} is not a qspos checkpoint of this kind: no {missing[0]!r} in it")
     return state
+
+
+def _damaged(path: Path, error: Exception) -> bool:
+    """Is ``path`` a torch file whose archive is broken (torch then reports ``[Errno 22] Invalid
+    argument`` or its zip reader's internals), rather than another kind of file?"""
+    with path.open("rb") as f:
+        torch_file = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    return torch_file and (isinstance(error, OSError) or "PytorchStreamReader" in str(error))
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -65,6 +79,9 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any], source: str | P
     existing parameters receive the values instead. A state that does not fit is a one-line error
     naming ``source``.
     """
+    if not hasattr(state, "_metadata"):  # a plain dict (float.npz, a weights file) holds the model's own
+        state = OrderedDict(state)  # formats: modules that check their format's version on load (MNASNet) need it
+        state._metadata = model.state_dict()._metadata
     reinit = brevitas_config.REINIT_ON_STATE_DICT_LOAD
     brevitas_config.REINIT_ON_STATE_DICT_LOAD = False
     try:

@@ -155,6 +155,9 @@ class Config:
     name: str = "run"
     seed: int = 0
     runs_dir: str = "runs"
+    # what every *_top1 result holds: top-1 accuracy, or the name of a Python caller's score
+    # (recorded by the API, so tables and the report name it and show it as it is)
+    score: str = "top-1"
     model: ModelConfig = field(default_factory=ModelConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)

@@ -182,7 +182,8 @@ def _imagefolder(cfg: DataConfig, model: ModelConfig) -> DataSplits:
 
 
 class _ImageLoader:
-    """Opens an image in the model's channel mode ("L" or "RGB"); a class, so loader workers can pickle it."""
+    """Opens an image in the model's channel mode ("L" or "RGB"); a class, so loader workers can
+    pickle it. A file it cannot read is named, whenever in an epoch it is met."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -190,8 +191,12 @@ class _ImageLoader:
     def __call__(self, path: str):  # noqa: ANN204 - a PIL image
         from PIL import Image
 
-        with open(path, "rb") as f:
-            return Image.open(f).convert(self.mode)
+        try:
+            with open(path, "rb") as f:
+                return Image.open(f).convert(self.mode)
+        except (OSError, ValueError, SyntaxError) as e:  # truncated, corrupt or unreadable: name the file
+            raise QsposError(f"cannot read image {path}: {(str(e).splitlines() or [type(e).__name__])[0]} "
+                             "(replace or remove the file)") from None
 
 
 def _check_folder(train, test, model: ModelConfig, root: Path) -> None:  # noqa: ANN001 - ImageFolders
@@ -268,9 +273,22 @@ def _task_splits(cfg: DataConfig, task: Task) -> DataSplits:
         train_idx, val_idx = split_indices(len(train), min(cfg.val_size, len(train) // 2), cfg.split_seed, None)
         train, val = Subset(train, train_idx), Subset(train, val_idx)
     if cfg.train_subset is not None:
-        train = Subset(train, range(min(cfg.train_subset, len(train))))
+        train = sample_subset(train, cfg.train_subset, cfg.split_seed)
     test = dataset_of(task.test) if task.test is not None else _Missing("test")
+    _check_same_shape(train, {"val": val, "test": test} if task.test is not None else {"val": val})
     return DataSplits(train=train, calib=train, val=val, test=test)
+
+
+def _check_same_shape(train: Dataset, others: dict[str, Dataset]) -> None:
+    """The caller's splits hold images of one shape: costs are traced at the train images' size,
+    so val or test images of another size would be scored and reported at the wrong cost."""
+    if len(train) == 0:
+        return
+    shape = tuple(train[0][0].shape)
+    for name, data in others.items():
+        if len(data) and tuple(data[0][0].shape) != shape:
+            raise QsposError(f"{name}: its inputs have shape {tuple(data[0][0].shape)}, but train's have {shape}: "
+                             "pass every split at the size the model is measured at")
 
 
 class _Missing(Dataset):
@@ -310,16 +328,65 @@ def make_loader(
     )
 
 
-def first_images(dataset: Dataset, n: int, batch_size: int) -> TensorDataset:
-    """The first ``n`` items of a dataset as one in-memory tensor dataset (fixed calibration set)."""
+def labels_of(dataset: Dataset) -> torch.Tensor | None:
+    """Every item's class label when the dataset keeps them beside its images (``labels`` or
+    ``targets``, as torchvision's datasets and ours do; through ``Subset`` s), read without loading
+    a single image; None when it does not."""
+    if isinstance(dataset, Subset):
+        parent = labels_of(dataset.dataset)
+        return None if parent is None else parent[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, TensorDataset):
+        labels = dataset.tensors[-1] if len(dataset.tensors) > 1 else None
+    else:
+        labels = getattr(dataset, "labels", getattr(dataset, "targets", None))
+    if labels is None:
+        return None
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or len(labels) != len(dataset):
+        return None
+    return labels.long()
+
+
+def balanced_order(labels: torch.Tensor | None, n: int, seed: int) -> torch.Tensor:
+    """All ``n`` item indices in a seeded order that deals the classes out in turn (one item of
+    each class, then the next of each, ...), so that any prefix is as class-balanced as the data
+    allow; a seeded shuffle where the labels are unknown."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if labels is None or n == 0:
+        return perm
+    shuffled = labels[perm]
+    by_class = torch.argsort(shuffled, stable=True)
+    _, counts = torch.unique_consecutive(shuffled[by_class], return_counts=True)
+    rank = torch.empty(n, dtype=torch.long)  # each item's place among its class, in shuffled order
+    rank[by_class] = torch.arange(n) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return perm[torch.argsort(rank * n + torch.arange(n))]
+
+
+def sample_subset(dataset: Dataset, n: int | None, seed: int) -> Dataset:
+    """``n`` items of ``dataset`` (all of them when None or more), class-balanced and seeded.
+
+    Every fixed subset (BN recalibration, search scores, threshold initialisation, a training
+    subset) is drawn here, never as "the first n items": an ImageFolder lists its images class
+    by class, so its first 256 are one class.
+    """
+    size = len(dataset)
+    k = size if n is None else min(n, size)
+    return Subset(dataset, balanced_order(labels_of(dataset), size, seed)[:k].tolist())
+
+
+def subset_in_memory(dataset: Dataset, n: int | None, batch_size: int, seed: int) -> TensorDataset:
+    """:func:`sample_subset` of ``dataset`` as one in-memory tensor dataset (a fixed calibration set)."""
     xs, ys = [], []
-    for x, y in DataLoader(Subset(dataset, range(min(n, len(dataset)))), batch_size=batch_size):
+    for x, y in DataLoader(sample_subset(dataset, n, seed), batch_size=batch_size):
         xs.append(x)
         ys.append(y)
     return TensorDataset(torch.cat(xs), torch.cat(ys))
 
 
-def calibration_loader(dataset: Dataset, n: int, batch_size: int) -> DataLoader:
-    """The first ``n`` images of ``dataset`` (un-augmented training images), held in memory, in
-    fixed batches: what BatchNorm is recalibrated on before a path or net is measured."""
-    return make_loader(first_images(dataset, n, batch_size), batch_size, shuffle=False)
+def calibration_loader(dataset: Dataset, n: int, batch_size: int, seed: int) -> DataLoader:
+    """``n`` class-balanced images of ``dataset`` (un-augmented training images), held in memory,
+    in fixed batches: what BatchNorm is recalibrated on before a path or net is measured."""
+    return make_loader(subset_in_memory(dataset, n, batch_size, seed), batch_size, shuffle=False)

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from qspos.core.arch import Arch
-from qspos.runtime.data import first_images, make_loader
+from qspos.runtime.config import Config
+from qspos.runtime.data import DataSplits, make_loader, sample_subset, subset_in_memory
 from qspos.runtime.distributed import Dist
 from qspos.runtime.task import current
 
@@ -111,8 +112,9 @@ def _correct(logits: Tensor, y: Tensor) -> tuple[int, int]:
     return int(hit[:, 0].sum()), int(hit.any(1).sum())
 
 
-def fixed_batches(dataset: Dataset, n: int | None, batch_size: int, workers: int = 0) -> Iterable:
-    """The first ``n`` items (all when None) of ``dataset`` as the same batches on every pass.
+def fixed_batches(dataset: Dataset, n: int | None, batch_size: int, seed: int, workers: int = 0) -> Iterable:
+    """``n`` class-balanced items (all when None) of ``dataset``, drawn by
+    :func:`~qspos.runtime.data.sample_subset`, as the same batches on every pass.
 
     Held in memory as a list of batches when small (no loader cost per candidate), otherwise
     read in order by a loader.
@@ -122,8 +124,8 @@ def fixed_batches(dataset: Dataset, n: int | None, batch_size: int, workers: int
         return []
     item_bytes = dataset[0][0].numel() * 4
     if n * item_bytes > IN_MEMORY_BYTES:
-        return make_loader(Subset(dataset, range(n)), batch_size, shuffle=False, workers=workers)
-    x, y = first_images(dataset, n, batch_size).tensors
+        return make_loader(sample_subset(dataset, n, seed), batch_size, shuffle=False, workers=workers)
+    x, y = subset_in_memory(dataset, n, batch_size, seed).tensors
     return list(zip(x.split(batch_size), y.split(batch_size)))
 
 
@@ -170,3 +172,17 @@ class CandidateEvaluator:
         self.supernet.set_arch(arch)
         recalibrate_bn(self.supernet, self.calib, self.device)
         return evaluate_top1(self.supernet, self.val, self.device)[0]
+
+
+def search_evaluator(cfg: Config, supernet: nn.Module, splits: DataSplits, device: torch.device | str,
+                     dist: Dist | None = None, cache: dict[str, float] | None = None) -> CandidateEvaluator:
+    """The judge of archs on a supernet, as the search uses it: BN recalibrated on
+    ``search.calib_images`` and scored on ``search.val_images``, both class-balanced samples
+    fixed by ``data.split_seed``."""
+    d, s = cfg.data, cfg.search
+    return CandidateEvaluator(
+        supernet,
+        fixed_batches(splits.calib, s.calib_images, d.eval_batch_size, d.split_seed, d.workers),
+        fixed_batches(splits.val, s.val_images, d.eval_batch_size, d.split_seed, d.workers),
+        device, dist, cache,
+    )

@@ -15,6 +15,8 @@ from typing import Any
 from qspos.core.arch import Arch
 from qspos.errors import QsposError
 
+TEMP_SUFFIX = ".tmp"  # a write in progress: ``.NAME.<random>.tmp`` beside its target
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -25,7 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         tmp = Path(name)
         umask = os.umask(0)
         os.umask(umask)
@@ -46,6 +48,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def _remove(tmp: Path | None) -> None:
     if tmp is not None:
         tmp.unlink(missing_ok=True)
+
+
+def stale_temps(folder: str | Path) -> list[Path]:
+    """The temp files of :func:`atomic_path` in ``folder``: a write killed mid-way (SIGKILL runs no
+    cleanup) leaves one behind, which only the folder's sole writer may remove."""
+    return sorted(p for p in Path(folder).glob(f".*.*{TEMP_SUFFIX}") if p.is_file())
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -212,6 +212,43 @@ def percent(v: float | None) -> str | None:
     return None if v is None else f"{100 * v:.2f}%"
 
 
+TOP1 = "top-1"  # the default score: top-1 accuracy
+
+
+@dataclass(frozen=True)
+class ScoreFormat:
+    """How the score of a run (``Config.score``) reads in tables, progress lines and plots.
+
+    Top-1 is a fraction, shown in % (with a binomial standard error where the images are known).
+    A caller's score is shown as it is under its own name: it may be PSNR in dB or a negative
+    loss, which no percentage or binomial error describes.
+    """
+
+    name: str = TOP1
+
+    @property
+    def accuracy(self) -> bool:
+        return self.name == TOP1
+
+    @property
+    def unit(self) -> str:
+        return " (%)" if self.accuracy else ""
+
+    def scaled(self, v: float) -> float:
+        """``v`` as tables and plots show it: in % for top-1, as it is otherwise."""
+        return 100 * v if self.accuracy else v
+
+    def number(self, v: float) -> str:
+        """``v`` under a header that gives the unit: ``91.23`` (top-1 in %), ``15.37``."""
+        return f"{100 * v:.2f}" if self.accuracy else f"{v:.4g}"
+
+    def text(self, v: float | None) -> str | None:
+        """A table cell (None stays empty): ``91.23%``, or ``15.37`` for a caller's score."""
+        if v is None:
+            return None
+        return percent(v) if self.accuracy else self.number(v)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

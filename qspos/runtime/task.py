@@ -12,7 +12,12 @@ called from the command line, with no task, behaves as the config says.
 - ``loss(model, batch) -> Tensor``: the training loss of a batch (supernet training and
   fine-tuning); default cross-entropy with ``label_smoothing``.
 - ``score(model, loader) -> float``: higher is better; the search ranks candidates by it, and it
-  stands in every ``*_top1`` result field (top-5 is then None). Default: top-1 accuracy.
+  stands in every ``*_top1`` result field (top-5 is then None). Default: top-1 accuracy. It is
+  called on real modules only (a supernet path, a fine-tuned or float net), in eval mode on the
+  run's device, with ``loader`` yielding ``(input, target)`` batches already on that device; an
+  exported file is checked by its outputs against the net's, never scored. Results and tables
+  name it by its ``score_name`` attribute, else its ``__name__``, and show its values as they are
+  (only top-1, a fraction, is shown in %).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from qspos.errors import QsposError
+from qspos.runtime.progress import TOP1
 
 Data = Dataset | DataLoader
 Loss = Callable[[nn.Module, Any], Tensor]
@@ -46,6 +52,13 @@ class Task:
     @property
     def has_data(self) -> bool:
         return self.train is not None
+
+    def score_name(self) -> str:
+        """What ``Config.score`` records: top-1, or the name of the caller's score."""
+        if self.score is None:
+            return TOP1
+        name = getattr(self.score, "score_name", None) or getattr(self.score, "__name__", None)
+        return "score" if name in (None, "", "<lambda>") else str(name)
 
     def model_name(self) -> str:
         """What ``model.name`` records for a model passed as an object."""

@@ -41,6 +41,7 @@ from qspos.runtime.task import current
 # OptimConfig fields that do not change the trajectory (a resume may change them).
 _NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
 SINGLE = Dist()  # one process, no process group
+MANY_EPOCHS = 10_000  # a training longer than this is accepted, with a warning: likely a typo (1e9)
 # what a resumable training checkpoint holds
 TRAIN_STATE_KEYS = ("fingerprint", "recipe", "model", "optimizer", "scheduler", "scaler", "rng", "step", "state",
                     "summary")
@@ -101,8 +102,9 @@ def fit(
       may return the used part of each parameter: the optimiser leaves the rest unchanged.
     - ``state``: objects whose ``state_dict()`` rides in the checkpoint (e.g. a sampler's RNG).
     - ``metrics``: one line per ``optim.log_every`` steps (step, epoch, lr, loss, top1, img_s).
-    - ``on_ready()`` runs once every input is accepted (a resumed checkpoint included), before
-      the first step: e.g. to record the config the run now goes on with.
+    - ``on_ready()`` runs once every input is accepted (a resumed checkpoint included, and the
+      first batch's labels checked against the model's outputs), before anything is written:
+      e.g. to record the config the run now goes on with.
     - ``progress_interval_s``: seconds between plain progress lines outside a terminal.
     - ``compile_model``: run the forward under ``torch.compile`` (the caller makes the model's
       shapes path-independent, e.g. ``Supernet.set_masked``).
@@ -122,6 +124,8 @@ def fit(
     if optim.max_steps is not None:
         total = min(total, optim.max_steps)
     warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
+    if dist.main:
+        _warn_if_endless(desc, total, steps_per_epoch)
     full_recipe = training_recipe(optim, batch_size, seed, len(dataset), recipe)
 
     step, summary = 0, {"loss": math.nan, "top1": math.nan}
@@ -152,8 +156,9 @@ def fit(
             console.print(f"resuming {path} at step {step}/{total}")
     else:  # every global RNG: augmentation in a user's dataset may draw from any of them
         seed_everything(seed + dist.rank)
-    if on_ready is not None:
-        on_ready()
+    ready = on_ready if on_ready is not None else (lambda: None)
+    if step >= total:  # nothing left to run: the checkpoint is accepted as it is
+        ready()
 
     def save(done: bool) -> None:
         watch.check()
@@ -200,6 +205,8 @@ def fit(
                     with amp:
                         if task_loss is None:
                             logits = net(x)
+                            if step == start_step:  # once: a label the model cannot output is bad input
+                                check_labels(logits, y)
                             loss = criterion(logits, y)
                         else:
                             logits, loss = None, task_loss(net, (x, y))
@@ -210,6 +217,8 @@ def fit(
                 except ArithmeticError:  # a quantizer met a non-finite scale: the weights diverged earlier
                     watch.check()  # names the step whose loss went bad, when one did
                     watch.fail(step, "a quantizer met a non-finite scale")
+                if step == start_step:  # the first step ran: its inputs are accepted, nothing written yet
+                    ready()
                 scaler.update()
                 sched.step()
                 meter.add(loss.detach(), None if logits is None else logits.detach(), y)
@@ -222,7 +231,7 @@ def fit(
                     img_s = summary.pop("images") / max(summary.pop("seconds"), 1e-9)
                     lr = sched.get_last_lr()[0]
                     info = (f"ep {epoch + 1}/{n_epochs}  loss {summary['loss']:.3f}  "
-                            f"top1 {100 * summary['top1']:.1f}%  {img_s:.0f} img/s")
+                            f"{_top1_text(summary['top1'], '.1f', 'top1 ')}{img_s:.0f} img/s")
                     bar.update(task, info=info)
                     if metrics is not None:
                         metrics.write(step=step, epoch=round(step / steps_per_epoch, 4), lr=lr, **summary,
@@ -241,9 +250,36 @@ def fit(
     if dist.main:
         console.print(
             f"{desc}: {result.steps} steps ({result.epochs:.2f} epochs), loss {result.loss:.4f}, "
-            f"top-1 {100 * result.top1:.2f}%, {result.images_per_s:.0f} img/s, {seconds:.0f} s"
+            f"{_top1_text(result.top1, '.2f', 'top-1 ', ', ')}{result.images_per_s:.0f} img/s, {seconds:.0f} s"
         )
     return result
+
+
+def _top1_text(top1: float, spec: str, label: str, end: str = "  ") -> str:
+    """The training top-1 for a progress line; nothing under a caller's loss, which gives no logits
+    to count it on (it would read ``nan%``)."""
+    return "" if math.isnan(top1) else f"{label}{100 * top1:{spec}}%{end}"
+
+
+def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse class labels outside the model's outputs (``model.num_classes`` below the data's
+    classes, or a dataset's own labels out of range) with one line, not the loss's IndexError."""
+    if logits.ndim != 2 or labels.ndim != 1 or labels.is_floating_point():
+        return
+    n = logits.shape[1]
+    bad = labels[(labels < 0) | (labels >= n)]
+    if len(bad):
+        raise QsposError(f"the data holds label {int(bad[0])}, but the model has {n} outputs (classes 0..{n - 1}): "
+                         "set model.num_classes to the data's number of classes, or fix the dataset's labels")
+
+
+def _warn_if_endless(desc: str, total: int, steps_per_epoch: int) -> None:
+    """Say so when a training would outlast any sensible budget (``epochs: 1e9`` runs, with an ETA
+    of millions of hours): it is not refused, since nothing is wrong with it but its length."""
+    epochs = total / steps_per_epoch
+    if epochs > MANY_EPOCHS:
+        console.print(f"[yellow]warning: {desc}: {epochs:.3g} epochs ({total:,} steps) is over {MANY_EPOCHS:,} "
+                      "epochs, likely a typo in the config's epochs; max_steps caps a training")
 
 
 def training_recipe(optim: OptimConfig, batch_size: int, seed: int, dataset_size: int,

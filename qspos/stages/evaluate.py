@@ -80,7 +80,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | 
                              "to evaluate on this supernet with --arch")
         supernet = load_supernet(cfg, path, require_complete=False, device=device)
         model, kind = supernet.extract(supernet.space.validate(arch)), "supernet"
-        recalibrate_bn(model, calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size), device)
+        calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
+        recalibrate_bn(model, calib, device)
     top1, top5 = split_accuracy(model.to(device), splits.test, d.eval_batch_size, d.workers, device)
     cost = CostModel(build_supernet(cfg), cfg.input_shape).metrics(arch)
     return EvalResult(path, kind, arch, top1, top5, **cost)

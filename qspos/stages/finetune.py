@@ -32,8 +32,8 @@ from qspos.runtime.data import DataSplits, calibration_loader, load_splits
 from qspos.runtime.distributed import Dist, init_distributed, pick_device
 from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
 from qspos.runtime.files import load_arch, save_arch, write_json
-from qspos.runtime.progress import console, percent, table
-from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, fingerprint
+from qspos.runtime.progress import ScoreFormat, console, table
+from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, data_identity, fingerprint, holds_run_dir
 from qspos.runtime.trainer import check_finished, fit, training_recipe
 from qspos.stages.evaluate import result_record
 from qspos.stages.search_results import SearchResult
@@ -163,6 +163,7 @@ def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any
 # ---------------------------------------------------------------------------- fine-tuning
 
 
+@holds_run_dir
 def finetune(
     cfg: Config,
     run_dir: str | Path | RunDir | None = None,
@@ -226,12 +227,12 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
                   device: torch.device, dist: Dist, resume: bool, on_ready: Any) -> None:
     net = run.net(target.name)
     d, f = cfg.data, cfg.finetune
-    calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size)
+    calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
     model = init_model(cfg, target.arch, run, calib, device)
     val_before = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)[0]
     if dist.main:
         console.print(f"finetune {target.name}: arch {target.arch.digest()}, init {f.init}, "
-                      f"val top-1 before {percent(val_before)}")
+                      f"val {cfg.score} before {ScoreFormat(cfg.score).text(val_before)}")
     supernet_fp = fingerprint(cfg, *SUPERNET_SECTIONS)
     res = fit(
         model, splits.train, f,
@@ -257,11 +258,10 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     dist.barrier()
 
 
-def _recipe(cfg: Config) -> dict[str, list]:
+def _recipe(cfg: Config) -> dict[str, object]:
     """What a fine-tuned net depends on beyond the optimiser settings."""
-    d, f = cfg.data, cfg.finetune
-    return {"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
-            "init": [f.init, f.float_checkpoint]}
+    f = cfg.finetune
+    return {**data_identity(cfg), "init": [f.init, f.float_checkpoint]}
 
 
 def _identity(cfg: Config, target: Target, dataset_size: int) -> tuple[str, dict]:
@@ -288,8 +288,9 @@ def layer_table(costs: CostModel, arch: Arch) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------- tables
 
 
-def results_table(results: list[FinetuneResult], title: str) -> Any:
-    rows = [[r.name, f"{r.bitops / 1e6:.2f}", f"{r.size_bits / 8 / 1024:.1f}", percent(r.search_val_top1),
-             percent(r.val_top1_before), percent(r.val_top1), percent(r.test_top1)] for r in results]
-    columns = ["name", "MBitOps", "KiB", "search val", "val before", "val top-1", "test top-1"]
+def results_table(results: list[FinetuneResult], title: str, score: ScoreFormat) -> Any:
+    """The fine-tuned nets' costs and scores (``score``: how the run's score reads)."""
+    rows = [[r.name, f"{r.bitops / 1e6:.2f}", f"{r.size_bits / 8 / 1024:.1f}", score.text(r.search_val_top1),
+             score.text(r.val_top1_before), score.text(r.val_top1), score.text(r.test_top1)] for r in results]
+    columns = ["name", "MBitOps", "KiB", "search val", "val before", f"val {score.name}", f"test {score.name}"]
     return table(title, columns, rows)

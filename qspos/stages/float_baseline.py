@@ -27,8 +27,8 @@ from qspos.runtime.data import load_splits
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.evaluate import split_accuracy
 from qspos.runtime.files import write_json
-from qspos.runtime.progress import console, percent
-from qspos.runtime.rundir import NetDir, RunDir, fingerprint
+from qspos.runtime.progress import ScoreFormat, console
+from qspos.runtime.rundir import NetDir, RunDir, data_identity, fingerprint, holds_run_dir
 from qspos.runtime.task import current
 from qspos.runtime.trainer import check_finished, fit, training_recipe
 
@@ -81,12 +81,7 @@ def float_cost(cfg: Config) -> dict[str, int]:
             "size_bits": sum(lc.params for lc in layers) * FLOAT_BITS}
 
 
-def _data_recipe(cfg: Config) -> dict[str, list]:
-    """What the float net depends on beyond the optimiser settings."""
-    d = cfg.data
-    return {"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment]}
-
-
+@holds_run_dir
 def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> FloatResult:
     """Train and measure the float baseline into ``run_dir/float/``. With ``resume`` a finished
     one is kept (if trained as this config says) and a killed one continues from ``train.pt``."""
@@ -96,7 +91,7 @@ def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume:
     fp, d = f"{fingerprint(cfg, 'model')}-float", cfg.data
     if resume and net.done:  # kept only if it was trained as this config says
         check_finished(net.train_checkpoint, fp,
-                       training_recipe(cfg.finetune, d.batch_size, cfg.seed, len(splits.train), _data_recipe(cfg)))
+                       training_recipe(cfg.finetune, d.batch_size, cfg.seed, len(splits.train), data_identity(cfg)))
         return FloatResult.load(net.result)
     device = pick_device(cfg.finetune.device)
     dist = init_distributed(device)
@@ -104,7 +99,7 @@ def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume:
     res = fit(
         model, splits.train, cfg.finetune,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint, fingerprint=fp,
-        resume=resume, recipe=_data_recipe(cfg),
+        resume=resume, recipe=data_identity(cfg),
         metrics=run.metrics_log(cfg, "float", enabled=dist.main), dist=dist, device=device,
         workers=d.workers, desc="float", progress_interval_s=cfg.log.interval_s,
     )
@@ -117,6 +112,6 @@ def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume:
                              test_images=len(splits.test), **float_cost(cfg))
         atomic_save({"model": model.state_dict(), "fingerprint": fp, "complete": True}, net.model)
         write_json(net.result, result.to_dict())
-        console.print(f"float: test top-1 {percent(test1)}")
+        console.print(f"float: test {cfg.score} {ScoreFormat(cfg.score).text(test1)}")
     dist.barrier()
     return FloatResult.load(net.result)

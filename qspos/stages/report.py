@@ -3,7 +3,8 @@
 Built only from the files the stages wrote (``metrics.jsonl``, ``search/results.json``,
 ``finetune/*/result.json``, ``export/*/summary.json``), so it can be regenerated at any time.
 Per budget it sets the chosen arch against the uniform-precision net of the budget (and the
-best of the random search), with the Pareto plot of the search embedded.
+best of the random search), with the Pareto plot of the search embedded. Scores are the run's
+(``Config.score``): top-1 in % with its binomial standard error, or a caller's score as it is.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from pathlib import Path
 from qspos.core.cost import CostModel
 from qspos.runtime.build import build_supernet
 from qspos.runtime.files import write_text
-from qspos.runtime.progress import read_metrics
-from qspos.runtime.rundir import RunDir
+from qspos.runtime.progress import ScoreFormat, read_metrics
+from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.export import LOGIT_RTOL
 from qspos.stages.pareto import pareto_plot
 from qspos.stages.search import choice_text
 from qspos.stages.search_results import SearchResult
 
 
+@holds_run_dir
 def write_report(run_dir: str | Path | RunDir) -> Path:
     """(Re)write ``run_dir/report.md`` (and its plot) from the run's outputs; returns its path."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     write_text(run.report, render_report(run))
     if run.search_results.is_file():
-        _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()), _float(run))
+        _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()), _float(run),
+              ScoreFormat(run.read_config().score))
     return run.report
 
 
@@ -36,34 +39,38 @@ def render_report(run: RunDir) -> str:
     cfg = run.read_config()
     finetuned = _read_all(run.finetune_results())
     exported = _read_all(run.export_summaries())
+    score = ScoreFormat(cfg.score)
+    scores = ("Accuracies in % ± their binomial standard error" if score.accuracy
+              else f"Scores are `{score.name}` as the run's score function gave them (higher is better)")
     out = [f"# qspos report: {cfg.name}", "",
            f"Model `{cfg.model.name}` {cfg.model.args or ''} on `{cfg.data.dataset}`; "
-           f"fine-tuning init `{cfg.finetune.init}`. Accuracies in % ± their binomial standard error, BitOps "
+           f"fine-tuning init `{cfg.finetune.init}`. {scores}, BitOps "
            "in M, weights in KiB. *val* is the split held out of the training data (the search's), *test* the "
            "test split.", ""]
     n_val = cfg.data.val_size if cfg.search.val_images is None else min(cfg.search.val_images, cfg.data.val_size)
-    out += _float_section(_float(run))
-    out += _supernet_section(run.metrics, n_val)
+    out += _float_section(_float(run), score)
+    out += _supernet_section(run.metrics, n_val, score)
     budgets: set[str] = set()
     if run.search_results.is_file():
         search = SearchResult.load(run.search_results)
         budgets = {b.name for b in search.budgets}
         costs = CostModel(build_supernet(cfg), cfg.input_shape)
-        out += _budget_section(search, finetuned, costs)
+        out += _budget_section(search, finetuned, costs, score)
         out += _arch_section(search)
+        se = " ± SE" if score.accuracy else ""
         out += [f"## Search: Pareto front ({search.evaluations} archs evaluated)", "",
-                f"![top-1 against BitOps]({run.report_plot.name})", "",
-                "The front of the supernet's val top-1 (line), each budget's searched and uniform nets "
-                "(stars, crosses), the fine-tuned nets' test top-1 ± SE (dots), and the budgets' BitOps bounds "
-                "(dashed). Every evaluated arch: [search/pareto.png](search/pareto.png); the front as a table: "
-                "[search/pareto.md](search/pareto.md).", ""]
+                f"![{score.name} against BitOps]({run.report_plot.name})", "",
+                f"The front of the supernet's val {score.name} (line), each budget's searched and uniform nets "
+                f"(stars, crosses), the fine-tuned nets' test {score.name}{se} (dots), and the budgets' BitOps "
+                "bounds (dashed). Every evaluated arch: [search/pareto.png](search/pareto.png); the front as a "
+                "table: [search/pareto.md](search/pareto.md).", ""]
     extra = [r for name, r in finetuned.items() if name.removesuffix("-uniform") not in budgets]
     if extra:
         out += ["## Other fine-tuned nets", "", "| net | BitOps | weights | val before | val | test |",
                 "|---|---:|---:|---:|---:|---:|"]
         out += [f"| {r['name']} | {_m(r['bitops'])} | {_kib(r['size_bits'])} "
-                f"| {_p(r['val_top1_before'], r.get('val_images'))} | {_p(r['val_top1'], r.get('val_images'))} "
-                f"| {_p(r['test_top1'], r.get('test_images'))} |" for r in extra]
+                f"| {_s(score, r['val_top1_before'], r.get('val_images'))} "
+                f"| {_ft(r, score)} |" for r in extra]
         out.append("")
     if exported:
         out += _export_section(exported)
@@ -76,17 +83,17 @@ def _float(run: RunDir) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _float_section(result: dict | None) -> list[str]:
+def _float_section(result: dict | None, score: ScoreFormat) -> list[str]:
     if result is None:
         return []
     return ["## Float baseline", "",
             f"The backbone unquantized (32-bit operands), trained from scratch with the fine-tuning recipe "
-            f"({result['steps']} steps): test top-1 {_p(result['test_top1'], result['test_images'])}, val top-1 "
-            f"{_p(result['val_top1'], result['val_images'])}; {_m(result['bitops'])} M BitOps, "
+            f"({result['steps']} steps): test {score.name} {_s(score, result['test_top1'], result['test_images'])}, "
+            f"val {score.name} {_s(score, result['val_top1'], result['val_images'])}; {_m(result['bitops'])} M BitOps, "
             f"{_kib(result['size_bits'])} KiB of weights. The line across the plot below.", ""]
 
 
-def _supernet_section(metrics: Path, n_val: int) -> list[str]:
+def _supernet_section(metrics: Path, n_val: int, score: ScoreFormat) -> list[str]:
     rows = [r for r in read_metrics(metrics) if r.get("stage") == "train"]
     vals = [r for r in rows if "val_top1_max" in r]
     if not rows:
@@ -94,15 +101,19 @@ def _supernet_section(metrics: Path, n_val: int) -> list[str]:
     last = [r for r in rows if "loss" in r]
     lines = ["## Supernet", ""]
     if last:
+        top1 = last[-1].get("top1")  # null under a caller's loss: no logits to count it on
+        train = "" if top1 is None else f", train top-1 {_p(top1)}"
         lines.append(f"- {last[-1]['step']} steps ({last[-1].get('epoch', '?')} epochs); last training loss "
-                     f"{last[-1]['loss']:.3f}, train top-1 {_p(last[-1]['top1'])} (sampled paths)")
+                     f"{last[-1]['loss']:.3f}{train} (sampled paths)")
     if vals:
-        lines.append(f"- val top-1 after BN recalibration: largest path {_p(vals[-1]['val_top1_max'], n_val)}, "
-                     f"smallest path {_p(vals[-1]['val_top1_min'], n_val)}")
+        lines.append(f"- val {score.name} after BN recalibration: largest path "
+                     f"{_s(score, vals[-1]['val_top1_max'], n_val)}, smallest path "
+                     f"{_s(score, vals[-1]['val_top1_min'], n_val)}")
     return lines + [""]
 
 
-def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: CostModel) -> list[str]:
+def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: CostModel,
+                    score: ScoreFormat) -> list[str]:
     lines = ["## Per budget: searched arch against the uniform-precision net", "",
              "Supernet val: the supernet's weights after BN recalibration (what the search scored). "
              "Fine-tuned: after quantization-aware training of the standalone net.", "",
@@ -112,18 +123,18 @@ def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: Cos
     for b in search.budgets:
         best, ft = b.best[0], finetuned.get(b.name, {})
         lines.append(f"| {b.name} | searched `{best.digest}` | {_m(best.bitops)} | {_kib(best.size_bits)} "
-                     f"| {_p(best.val_top1, n)} | {_ft(ft)} |")
+                     f"| {_s(score, best.val_top1, n)} | {_ft(ft, score)} |")
         u = b.uniform
         if u:
             uft = finetuned.get(f"{b.name}-uniform", {})
             size = _kib(costs.uniform(u.w_bits, u.a_bits).size_bits)
             note = "" if u.in_domain else " (outside the space)"
             lines.append(f"| {b.name} | uniform W{u.w_bits}A{u.a_bits}{note} | {_m(u.bitops)} | {size} "
-                         f"| {_p(u.val_top1, n)} | {_ft(uft)} |")
+                         f"| {_s(score, u.val_top1, n)} | {_ft(uft, score)} |")
         r = b.random_best
         if r:
             lines.append(f"| {b.name} | random search best `{r.digest}` | {_m(r.bitops)} "
-                         f"| {_kib(r.size_bits)} | {_p(r.val_top1, n)} | - | - |")
+                         f"| {_kib(r.size_bits)} | {_s(score, r.val_top1, n)} | - | - |")
     return lines + [""]
 
 
@@ -175,37 +186,48 @@ def _read_all(files: list[Path]) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in files}
 
 
-def _ft(result: dict) -> str:
+def _ft(result: dict, score: ScoreFormat) -> str:
     """The fine-tuned val and test cells of a net's result (dashes when it was not fine-tuned)."""
-    return (f"{_p(result.get('val_top1'), result.get('val_images'))} "
-            f"| {_p(result.get('test_top1'), result.get('test_images'))}")
+    return (f"{_s(score, result.get('val_top1'), result.get('val_images'))} "
+            f"| {_s(score, result.get('test_top1'), result.get('test_images'))}")
 
 
-def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_net: dict | None) -> None:
+def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_net: dict | None,
+          score: ScoreFormat) -> None:
     marks = []
     for b in search.budgets:
         marks.append((f"{b.name} searched", b.best[0].bitops, b.best[0].val_top1))
         if b.uniform and b.uniform.val_top1 is not None:
             marks.append((f"uniform W{b.uniform.w_bits}A{b.uniform.a_bits}", b.uniform.bitops, b.uniform.val_top1))
-    tuned = [(name, r["bitops"], r["test_top1"], binomial_se(r["test_top1"], r.get("test_images")) or 0.0)
+    tuned = [(name, r["bitops"], r["test_top1"],
+              (binomial_se(r["test_top1"], r.get("test_images")) if score.accuracy else None) or 0.0)
              for name, r in finetuned.items()]
     limits = [(b.name, b.limits["bitops"][1]) for b in search.budgets
               if "bitops" in b.limits and b.limits["bitops"][1] is not None]
     baseline = None if float_net is None else ("float (test)", float_net["test_top1"])
-    pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits, baseline)  # every arch: search/pareto.png
+    # every arch: search/pareto.png
+    pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits, baseline, score=score)
 
 
 def binomial_se(p: float | None, n: int | None) -> float | None:
-    """Binomial standard error of an accuracy ``p`` measured on ``n`` images (none for a caller's
-    score outside [0, 1], which is no accuracy)."""
-    return None if p is None or not n or not 0 <= p <= 1 else math.sqrt(p * (1 - p) / n)
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images (a caller's score
+    is no accuracy: the report gives it none)."""
+    return None if p is None or not n else math.sqrt(p * (1 - p) / n)
 
 
 def _p(v: float | None, n: int | None = None) -> str:
+    """An accuracy fraction in %, ± its binomial standard error when ``n`` images are known."""
     if v is None:
         return "-"
     se = binomial_se(v, n)
     return f"{100 * v:.2f}" if se is None else f"{100 * v:.2f} ± {100 * se:.2f}"
+
+
+def _s(score: ScoreFormat, v: float | None, n: int | None = None) -> str:
+    """A value of the run's score: an accuracy as :func:`_p` gives it, a caller's score as it is."""
+    if score.accuracy or v is None:
+        return _p(v, n)
+    return score.number(v)
 
 
 def _m(v: float | None) -> str:

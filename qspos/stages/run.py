@@ -16,8 +16,8 @@ from qspos.errors import QsposError
 from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import Config
 from qspos.runtime.distributed import init_distributed, pick_device
-from qspos.runtime.progress import console, stdout
-from qspos.runtime.rundir import RunDir
+from qspos.runtime.progress import ScoreFormat, console, stdout
+from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.export import ExportResult, export, export_table
 from qspos.stages.finetune import FinetuneResult, finetune, results_table
 from qspos.stages.report import write_report
@@ -35,9 +35,10 @@ class RunResult:
     report: Path | None  # None likewise
 
 
-def run(cfg: Config, out: str | Path | RunDir | None = None, resume: bool = False) -> RunResult:
-    """The whole pipeline of ``cfg`` into ``out`` (default ``runs/NAME``); see the module doc."""
-    rd = RunDir.of(cfg, out)
+@holds_run_dir
+def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> RunResult:
+    """The whole pipeline of ``cfg`` into ``run_dir`` (default ``runs/NAME``); see the module doc."""
+    rd = RunDir.of(cfg, run_dir)
     require_budgets(cfg)  # the search would refuse an empty list, but only after the supernet is trained
     devices = [pick_device(name) for name in (cfg.train.device, cfg.search.device, cfg.finetune.device)]
     if not resume:
@@ -59,7 +60,7 @@ def run(cfg: Config, out: str | Path | RunDir | None = None, resume: bool = Fals
     tuned = finetune(cfg, rd, resume=resume)
     if not dist.main:  # export and report are one process's work
         return RunResult(rd.path, trained, searched, tuned, [], None)
-    stdout.print(results_table(tuned, f"fine-tuned nets: {cfg.name}"))
+    stdout.print(results_table(tuned, f"fine-tuned nets: {cfg.name}", ScoreFormat(cfg.score)))
     summaries = [rd.export_summary(r.name) for r in tuned]
     if resume and all(_exported(p, cfg.export.formats) for p in summaries):
         _skip("export", rd.path / rd.EXPORT)

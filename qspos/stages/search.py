@@ -26,10 +26,10 @@ from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_st
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
 from qspos.runtime.distributed import init_distributed, pick_device
-from qspos.runtime.evaluate import CandidateEvaluator, fixed_batches
+from qspos.runtime.evaluate import search_evaluator
 from qspos.runtime.files import write_json, write_text
-from qspos.runtime.progress import console, progress_bar, table
-from qspos.runtime.rundir import RunDir, fingerprint
+from qspos.runtime.progress import ScoreFormat, console, progress_bar, table
+from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
 from qspos.stages.latency import load_latency_table
 from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
 from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
@@ -52,14 +52,11 @@ def search_budgets(cfg: Config, supernet: Supernet) -> tuple[ArchMetrics, list[B
 
 
 def state_fingerprint(cfg: Config) -> str:
-    """What a saved search depends on: the supernet, the data split, the search settings
-    (not the device or loader workers, which change no result)."""
-    same = dataclasses.replace(
-        cfg,
-        search=dataclasses.replace(cfg.search, device="auto"),
-        data=dataclasses.replace(cfg.data, workers=0, download=False),
-    )
-    return fingerprint(same, "model", "space", "quant", "data", "search")
+    """What a saved search depends on: the supernet, the run's data (``data_identity``, as every
+    stage compares it), the score candidates are ranked by, the search settings (not the device,
+    which changes no result)."""
+    same = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, device="auto"))
+    return fingerprint(same, "model", "space", "quant", "data", "score", "search")
 
 
 class _Search:
@@ -90,15 +87,7 @@ class _Search:
                                                                                   len(splits.val))
         if len(splits.val) == 0:
             raise QsposError("data.val_size is 0: the search needs images held out of the training split")
-        bs, workers = cfg.data.eval_batch_size, cfg.data.workers
-        self.evaluator = CandidateEvaluator(
-            supernet,
-            fixed_batches(splits.calib, self.scfg.calib_images, bs, workers),
-            fixed_batches(splits.val, self.scfg.val_images, bs, workers),
-            self.device,
-            self.dist,
-            cache=self.state["cache"],
-        )
+        self.evaluator = search_evaluator(cfg, supernet, splits, self.device, self.dist, cache=self.state["cache"])
         if self.main:
             run.record_config(cfg)
         self.log = run.metrics_log(cfg, "search", enabled=self.main)
@@ -231,7 +220,8 @@ class _Search:
         if not digests:
             return ""
         best = max(self.state["cache"][d] for d in digests)
-        return f"best {100 * best:.2f}%  candidates {len(set(digests))}  evaluated {len(self.state['cache'])}"
+        return (f"best {ScoreFormat(self.cfg.score).text(best)}  candidates {len(set(digests))}  "
+                f"evaluated {len(self.state['cache'])}")
 
     # ------------------------------------------------------------------ results
 
@@ -265,7 +255,8 @@ class _Search:
 
     def write(self, result: SearchResult, points: list[ParetoPoint]) -> None:
         write_json(self.run.search_results, result.to_dict())
-        write_text(self.run.pareto_md, pareto_markdown(result.pareto))
+        score = ScoreFormat(self.cfg.score)
+        write_text(self.run.pareto_md, pareto_markdown(result.pareto, score))
         marks = []
         for b in result.budgets:
             if b.best:
@@ -273,9 +264,10 @@ class _Search:
             u = b.uniform
             if u and u.val_top1 is not None:
                 marks.append((f"uniform W{u.w_bits}A{u.a_bits}", u.bitops, u.val_top1))
-        pareto_plot(self.run.pareto_png, points, result.pareto, marks)
+        pareto_plot(self.run.pareto_png, points, result.pareto, marks, score=score)
 
 
+@holds_run_dir
 def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> SearchResult:
     """Search ``run_dir/supernet.pt`` under every budget of ``cfg.search``; write ``run_dir/search/``.
 
@@ -300,7 +292,7 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
                         uniform_val_top1=b.uniform.val_top1 if b.uniform else None,
                         random_val_top1=b.random_best.val_top1 if b.random_best else None,
                         evaluations=result.evaluations)
-        console.print(chosen_table(result, s.space.names))
+        console.print(chosen_table(result, s.space.names, ScoreFormat(cfg.score)))
         console.print(f"search: {result.evaluations} archs evaluated; results in {s.run.search}")
     s.dist.barrier()
     return result
@@ -320,17 +312,16 @@ def evaluations(cfg: Config, run_dir: str | Path | RunDir | None = None) -> list
     return sorted(points, key=lambda p: (p.bitops, p.digest))
 
 
-def chosen_table(result: SearchResult, names: Sequence[str]) -> Any:
-    """Rich table: the best arch of each budget, per choice point, then its scores."""
+def chosen_table(result: SearchResult, names: Sequence[str], score: ScoreFormat) -> Any:
+    """Rich table: the best arch of each budget, per choice point, then its scores (``score``: how
+    the run's score reads)."""
     best = [b.best[0] for b in result.budgets]
     rows: list[list[Any]] = [[name] + [choice_text(e.arch[name].to_dict()) for e in best] for name in names]
-    rows.append(["val top-1 %"] + [round(100 * e.val_top1, 2) for e in best])
-    rows.append(["uniform top-1 %"] + [
-        round(100 * b.uniform.val_top1, 2) if b.uniform and b.uniform.val_top1 is not None else None
-        for b in result.budgets
-    ])
-    rows.append(["random best %"] + [round(100 * b.random_best.val_top1, 2) if b.random_best else None
-                                     for b in result.budgets])
+    rows.append([f"val {score.name}"] + [score.text(e.val_top1) for e in best])
+    rows.append([f"uniform {score.name}"] + [score.text(b.uniform.val_top1) if b.uniform else None
+                                              for b in result.budgets])
+    rows.append(["random best"] + [score.text(b.random_best.val_top1) if b.random_best else None
+                                   for b in result.budgets])
     rows.append(["archs (evolution/random)"] + [f"{b.evaluations}/{b.random_evaluations}"
                                                 if b.evaluations is not None else None for b in result.budgets])
     rows.append(["BitOps (G)"] + [round(e.bitops / 1e9, 4) for e in best])

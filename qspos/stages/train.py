@@ -12,18 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.supernet import Supernet
 from qspos.runtime.build import build_supernet, quant_backend
 from qspos.runtime.config import Config
-from qspos.runtime.data import calibration_loader, load_splits, make_loader
+from qspos.runtime.data import load_splits, make_loader, sample_subset
 from qspos.runtime.distributed import init_distributed, pick_device
-from qspos.runtime.evaluate import CandidateEvaluator
+from qspos.runtime.evaluate import search_evaluator
 from qspos.runtime.optim import ActiveParts
 from qspos.runtime.progress import console
-from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, fingerprint
+from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, data_identity, fingerprint, holds_run_dir
 from qspos.runtime.sampler import make_sampler
 from qspos.runtime.trainer import FitResult, check_finished, claim_checkpoint, fit, training_recipe
 from qspos.stages.search import search_budgets
@@ -37,6 +36,7 @@ class TrainResult:
     supernet: Supernet  # the trained supernet (on the main rank, BN recalibrated for the smallest path)
 
 
+@holds_run_dir
 def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> TrainResult:
     """Train the supernet of ``cfg`` into ``run_dir/supernet.pt`` (default ``cfg.run_dir``).
 
@@ -67,7 +67,7 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     splits = load_splits(cfg.data, cfg.model)
     if not path.exists() and cfg.train.threshold_init_batches > 0:
         n = cfg.train.threshold_init_batches * cfg.data.batch_size
-        init_act_thresholds(supernet, make_loader(Subset(splits.calib, range(min(n, len(splits.calib)))),
+        init_act_thresholds(supernet, make_loader(sample_subset(splits.calib, n, cfg.data.split_seed),
                                                   cfg.data.batch_size, shuffle=False), device)
 
     def before_step(step: int) -> ActiveParts:
@@ -90,11 +90,7 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         supernet.set_quant_backend(quant_backend(cfg, device))
     top_max = top_min = None
     if dist.main and len(splits.val):
-        calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size)
-        val = splits.val if cfg.search.val_images is None else Subset(
-            splits.val, range(min(cfg.search.val_images, len(splits.val))))
-        evaluator = CandidateEvaluator(supernet, calib, make_loader(val, d.eval_batch_size, shuffle=False,
-                                                                    workers=d.workers), device)
+        evaluator = search_evaluator(cfg, supernet, splits, device)
         smallest, largest = supernet.space.extremes()
         top_max, top_min = evaluator.evaluate(largest), evaluator.evaluate(smallest)
         metrics.write(step=result.steps, val_top1_max=round(top_max, 5), val_top1_min=round(top_min, 5))
@@ -111,8 +107,7 @@ def check_trained(cfg: Config, run_dir: str | Path | RunDir | None = None) -> No
     check_finished(run.supernet, fingerprint(cfg, *SUPERNET_SECTIONS), recipe)
 
 
-def _recipe(cfg: Config) -> dict[str, list]:
+def _recipe(cfg: Config) -> dict[str, object]:
     """What a supernet's training depends on beyond the optimiser settings."""
-    d, t = cfg.data, cfg.train
-    return {"data": [d.dataset, d.val_size, d.split_seed, d.train_subset, d.augment],
-            "sampling": [t.sampling, t.sampling_budget, t.threshold_init_batches]}
+    t = cfg.train
+    return {**data_identity(cfg), "sampling": [t.sampling, t.sampling_budget, t.threshold_init_batches]}

@@ -67,6 +67,16 @@ def test_weights_with_a_1000_class_head_load_into_a_10_class_model(imagenet_weig
         assert torch.equal(model.state_dict()[key], imagenet_weights[key]), key
 
 
+def test_weights_load_into_a_model_that_checks_its_state_format_version():
+    """A weights file holds a plain dict, without the versions of the state's formats; MNASNet
+    refused it ('version should be set to 1 or 2 instead of None')."""
+    torch.manual_seed(0)
+    weights = dict(torchvision.models.mnasnet0_5().state_dict())
+    model, notes = build_model("torchvision:mnasnet0_5", 10, 3, weights=weights)
+    assert notes == ["head classifier.1: the weights' 1000 classes not loaded; 10 fresh ones instead"]
+    assert torch.equal(model.layers[0].weight, weights["layers.0.weight"])
+
+
 def test_rgb_stem_weights_are_summed_for_one_input_channel(imagenet_weights):
     model, notes = build_model("torchvision:resnet18", 10, 1, weights=imagenet_weights)
     rgb = imagenet_weights["conv1.weight"]

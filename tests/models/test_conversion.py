@@ -381,7 +381,7 @@ class _SpatialAttention(nn.Module):
 def test_a_one_channel_map_broadcast_over_the_channels_survives_max_width():
     converted = convert(_SpatialAttention(), (3, 12, 12), 1.5)
     entries = {e.name: e for e in converted.layers}
-    assert entries["conv"].width_point == "conv" and entries["attn"].width_note == "broadcast at mul"
+    assert entries["conv"].width_point == "conv" and entries["attn"].width_note == "broadcast at mul; one channel"
     supernet = Supernet(converted.net, converted.declaration, SPACE)
     assert supernet.net.attn.out_max == 1
     for arch in supernet.space.extremes():

@@ -137,3 +137,118 @@ def test_an_image_folder_needs_train_and_val_trees(tmp_path):
     cfg = _folder_cfg(tmp_path)
     with pytest.raises(QsposError, match="must hold train/ and val/"):
         load_splits(cfg.data, cfg.model)
+
+
+def test_a_balanced_order_deals_the_classes_out_in_turn():
+    from qspos.runtime.data import balanced_order
+
+    labels = torch.arange(120) // 30  # class-sorted, as an ImageFolder lists its images
+    order = balanced_order(labels, 120, seed=5)
+    assert sorted(order.tolist()) == list(range(120))
+    for k in (4, 10, 37, 120):
+        counts = torch.bincount(labels[order[:k]], minlength=4)
+        assert int(counts.max() - counts.min()) <= 1
+    assert torch.equal(order, balanced_order(labels, 120, seed=5))
+    assert not torch.equal(order, balanced_order(labels, 120, seed=6))
+    uneven = torch.tensor([0] * 50 + [1] * 3)  # a rare class is used up, then the rest fills
+    assert torch.bincount(uneven[balanced_order(uneven, 53, seed=0)[:10]]).tolist() == [7, 3]
+
+
+def test_labels_are_read_through_subsets_without_loading_images(tmp_path):
+    from torch.utils.data import Dataset, Subset, TensorDataset
+
+    from qspos.runtime.data import labels_of, sample_subset
+
+    class NoLabels(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            raise AssertionError("an image was loaded")
+
+    data = TensorDataset(torch.zeros(12, 1), torch.arange(12) % 3)
+    assert labels_of(Subset(data, [5, 1, 9])).tolist() == [2, 1, 0]
+    assert labels_of(NoLabels()) is None
+    shuffled = sample_subset(NoLabels(), 4, seed=0)  # no labels: a seeded shuffle, not the first 4
+    assert len(shuffled) == 4 and shuffled.indices != [0, 1, 2, 3]
+    _write_folder(tmp_path, torch.zeros(6, 1, 12, 12, dtype=torch.uint8), torch.arange(6) % 3, ["a", "b", "c"])
+    cfg = _folder_cfg(tmp_path, val_size=3)
+    splits = load_splits(cfg.data, cfg.model)
+    assert labels_of(splits.calib).tolist() == [splits.calib[i][1] for i in range(len(splits.calib))]
+
+
+def _write_idx(path, array):
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_an_image_folder_and_idx_files_of_the_same_images_score_an_arch_alike(tmp_path):
+    """ImageFolder lists its images class by class: the search's calibration and val subsets are
+    class-balanced samples, so the folder scores a path as the IDX files (stored shuffled) do,
+    where "the first n images" were one or two classes (BN statistics of one class)."""
+    from qspos.runtime.data import _synthetic
+    from qspos.runtime.evaluate import search_evaluator
+    from qspos.stages.train import train_supernet
+
+    model = {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 12,
+             "args": {"depth": 8, "widths": [8, 8, 16]}}
+    base = load_config({"model": model, "space": {"weight_bits": [4], "act_bits": [4]},
+                        "data": {"dataset": "synthetic", "synthetic_size": 1000}})
+    images, labels = _synthetic(base.data, base.model, train=True)
+    idx, folder = tmp_path / "idx", tmp_path / "folder"
+    idx.mkdir()
+    for prefix in ("train", "t10k"):
+        _write_idx(idx / f"{prefix}-images-idx3-ubyte", images.squeeze(1).numpy())
+        _write_idx(idx / f"{prefix}-labels-idx1-ubyte", labels.numpy())
+    _write_folder(folder, images, labels, ["a", "b", "c", "d"])
+    common = {"model": model, "seed": 0,
+              "space": {"weight_bits": [4], "act_bits": [4], "width_multipliers": [0.5, 1.0]},
+              "train": {"epochs": 6, "lr": 0.05, "warmup_epochs": 0.5, "threshold_init_batches": 2},
+              "search": {"calib_images": 64, "val_images": 96}}
+    data = {"val_size": 160, "batch_size": 32, "eval_batch_size": 64, "mean": [0.5], "std": [0.25]}
+    by_idx = load_config({**common, "data": {"dataset": "fashion_mnist", "root": str(idx), **data}})
+    by_folder = load_config({**common, "data": {"dataset": "imagefolder", "root": str(folder), **data}})
+    supernet = train_supernet(by_idx, tmp_path / "run").supernet
+    arch = supernet.space.extremes()[1]
+    scores = [search_evaluator(cfg, supernet, load_splits(cfg.data, cfg.model), "cpu").evaluate(arch)
+              for cfg in (by_idx, by_folder)]
+    assert scores[0] > 0.4, scores  # the supernet has learned the classes (chance: 0.25)
+    assert abs(scores[0] - scores[1]) < 0.12, scores  # 96 images each: about 2 binomial SEs
+
+
+def test_a_truncated_image_in_a_folder_is_named(tmp_path, capsys):
+    from qspos.cli import main
+
+    _write_folder(tmp_path, torch.randint(0, 256, (6, 1, 12, 12), dtype=torch.uint8), torch.arange(6) % 3,
+                  ["a", "b", "c"])
+    for split in ("train", "val"):
+        bad = tmp_path / split / "b" / "0004.png"
+        bad.write_bytes(bad.read_bytes()[:40])
+    cfg = _folder_cfg(tmp_path)
+    splits = load_splits(cfg.data, cfg.model)
+    index = [p for p, _ in splits.test.samples].index(str(bad))
+    with pytest.raises(QsposError, match=r"cannot read image .*val/b/0004\.png: .*\(replace or remove the file\)"):
+        splits.test[index]
+    out = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(load_config(cfg, ["space.width_multipliers=[1.0]", "data.batch_size=2",
+                                          "train.max_steps=20", "train.threshold_init_batches=0"]).to_yaml())
+    assert main(["train", str(cfg_file), "--out", str(out)]) == 2  # met deep in an epoch: one line, exit 2
+    assert "train/b/0004.png" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_callers_splits_must_hold_inputs_of_one_shape(split):
+    from torch.utils.data import TensorDataset
+
+    from qspos.runtime.task import Task, using
+
+    train = TensorDataset(torch.randn(20, 1, 12, 12), torch.arange(20) % 4)
+    other = TensorDataset(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)
+    cfg = _cfg()
+    with using(Task(train=train, **{split: other})), pytest.raises(
+            QsposError, match=rf"{split}: its inputs have shape \(1, 16, 16\), but train's have \(1, 12, 12\)"):
+        load_splits(cfg.data, cfg.model)

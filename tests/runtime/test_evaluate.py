@@ -69,7 +69,7 @@ def test_supernet_path_recalibration_changes_only_active_channels():
 def test_cache_hits_skip_evaluation():
     cfg = load_config(tiny_config())
     supernet = build_supernet(cfg)
-    data = fixed_batches(TensorDataset(torch.randn(40, 1, 12, 12), torch.randint(0, 4, (40,))), None, 16)
+    data = fixed_batches(TensorDataset(torch.randn(40, 1, 12, 12), torch.randint(0, 4, (40,))), None, 16, seed=0)
     assert [len(b[0]) for b in data] == [16, 16, 8]
     ev = CandidateEvaluator(supernet, data, data, "cpu")
     calls = []

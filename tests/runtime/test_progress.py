@@ -81,3 +81,12 @@ def test_tensorboard_gets_the_same_scalars(tmp_path):
     events.Reload()
     scalars = events.Scalars("search/w2a2/evolution/best_val_top1")
     assert [(s.step, s.value) for s in scalars] == [(1, 0.5), (2, 0.625)]
+
+
+def test_only_top1_is_shown_as_a_percentage():
+    """A caller's PSNR of 15.37 dB once read "1536.95 %"."""
+    top1, psnr = progress.ScoreFormat(), progress.ScoreFormat("psnr")
+    assert top1.accuracy and top1.text(0.9123) == "91.23%" and top1.number(0.9123) == "91.23"
+    assert top1.scaled(0.5) == 50 and top1.unit == " (%)"
+    assert not psnr.accuracy and psnr.text(15.3695) == "15.37" and psnr.scaled(15.37) == 15.37 and psnr.unit == ""
+    assert psnr.text(None) is None

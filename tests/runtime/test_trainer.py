@@ -162,6 +162,20 @@ def test_batch_larger_than_the_data_is_an_error(tmp_path):
         fit(_net(), _data(8), _optim(), batch_size=16, seed=0, checkpoint=tmp_path / "x.pt", fingerprint="f")
 
 
+@pytest.mark.parametrize("epochs, warned", [(1e9, True), (10_000, False)])
+def test_an_endless_training_starts_with_a_warning(tmp_path, capsys, epochs, warned):
+    """``epochs: 1e9`` is accepted (nothing is wrong with it but its length), with a warning."""
+
+    def stop(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_net(), _data(), _optim(epochs=epochs), batch_size=16, seed=0, checkpoint=tmp_path / "x.pt",
+            fingerprint="f", desc="supernet", before_step=stop)
+    err = capsys.readouterr().err
+    assert ("warning: supernet: 1e+09 epochs (4,000,000,000 steps)" in err) is warned, err
+
+
 class _PoisonedAt(_Noisy):
     """Hands out a non-finite image as the first item of step ``step`` (0-based, batch 16)."""
 

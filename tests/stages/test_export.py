@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from brevitas.nn import QuantConv2d
 from torch import nn
 
@@ -33,6 +34,7 @@ from qspos.stages.export import (
     export,
     export_packed,
     first_batches,
+    load_float_params,
     quant_layers,
     require_onnx,
     unpack_weights,
@@ -230,6 +232,20 @@ def test_a_broken_packer_fails_the_integer_check_and_the_command(tmp_path, pertu
     packed = res.checks["packed"]
     assert res.check_ok is False and not packed.ok and packed.exact_accumulators is False
     assert packed.max_accumulator_error >= 1 and packed.matching < 1
+
+
+def test_float_params_load_into_a_model_that_checks_its_state_format_version(tmp_path):
+    """Issue 29: MNASNet refuses a state without its format's version, and float.npz holds none;
+    the export check failed with 'version should be set to 1 or 2 instead of None'."""
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+    np.savez(tmp_path / "float.npz", **{k: v.numpy() for k, v in twin.state_dict().items()})
+    load_float_params(model, tmp_path / "float.npz")
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("bits", [(1, 3, 5), (2, 6, 7)])

@@ -12,7 +12,7 @@ from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.checkpoint import atomic_save, load_checkpoint
 from qspos.runtime.config import load_config
-from qspos.runtime.data import DEBIAN_FASHION_MNIST, first_images, load_splits, make_loader
+from qspos.runtime.data import DEBIAN_FASHION_MNIST, load_splits, make_loader, subset_in_memory
 from qspos.runtime.evaluate import evaluate_top1, recalibrate_bn
 from qspos.runtime.files import load_arch, write_json
 from qspos.runtime.trainer import fit
@@ -26,7 +26,8 @@ CPU = torch.device("cpu")
 
 
 def _calib(cfg, splits):
-    return make_loader(first_images(splits.calib, cfg.search.calib_images, 32), 32, shuffle=False)
+    images = subset_in_memory(splits.calib, cfg.search.calib_images, 32, cfg.data.split_seed)
+    return make_loader(images, 32, shuffle=False)
 
 
 def test_extracted_model_equals_the_supernet_path_before_finetuning(tmp_path, perturb):

@@ -3,6 +3,7 @@ after a kill that lands once the search is done."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from qspos.cli import main
+from qspos.stages import export as export_stage
 from tests.helpers import tiny_config
 
 
@@ -63,6 +65,9 @@ def test_a_refused_command_leaves_the_recorded_config_alone_and_a_float_baseline
     refused = [
         ["run", "--resume", "--set", "space.weight_bits=[2,3,4]"],  # another supernet
         ["train", "--resume", "--set", "train.lr=0.5"],  # another training recipe
+        ["train", "--resume", "--set", "data.mean=[0.5]"],  # other data: every stage compares the same list
+        ["finetune", "--resume", "--set", "data.std=[0.5]"],
+        ["search", "--resume", "--set", "data.mean=[0.5]"],
         ["search", "--set", "search.population=7"],  # a search is there
         ["finetune", "--pick", "99"],  # no such search result
         ["finetune", "--set", "finetune.lr=0.5"],  # the nets exist
@@ -82,6 +87,16 @@ def test_a_refused_command_leaves_the_recorded_config_alone_and_a_float_baseline
     assert main(["float", str(cfg), "--out", str(out)]) == 2  # a finished baseline is not overwritten
     assert main(["float", str(cfg), "--out", str(out), "--resume"]) == 0  # ... and kept with --resume
     assert (out / "float" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_run_exits_1_as_export_does_when_an_exported_file_fails_its_check(tmp_path, monkeypatch, capsys):
+    """A script or CI job must not ship a failed export, whether it runs ``qspos run`` or resumes it."""
+    real = export_stage.check_packed
+    monkeypatch.setattr(export_stage, "check_packed", lambda *a: dataclasses.replace(real(*a), ok=False))
+    cfg, out = _config(tmp_path), tmp_path / "run"
+    for resume in ([], ["--resume"]):
+        assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]", *resume]) == 1
+        assert "exported files disagree with PyTorch: w3a3 (packed)" in capsys.readouterr().err
 
 
 def test_a_run_killed_after_the_search_resumes_without_retraining(tmp_path, capsys):

@@ -130,6 +130,8 @@ def test_resume_gives_the_same_result(tmp_path, perturb, monkeypatch):
         search(cfg2, run_dir2)
     with pytest.raises(QsposError, match="another config"):
         search(load_config(cfg2, ["search.mutation_prob=0.5"]), run_dir2, resume=True)
+    with pytest.raises(QsposError, match="another config"):  # ranked by another score: another search
+        search(load_config(cfg2, ["score=psnr"]), run_dir2, resume=True)
     calls.clear()
     resuming = True
     resumed = search(cfg2, run_dir2, resume=True)

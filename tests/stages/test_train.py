@@ -188,3 +188,19 @@ def test_compiled_training_compiles_once_for_every_path(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "supernet.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert state["recipe"]["compile"] is True  # a resume must not switch it
+
+
+def test_labels_beyond_the_models_outputs_are_refused_before_anything_is_written(tmp_path):
+    """A dataset with more classes than ``model.num_classes``: one line at the first step, not
+    the loss's IndexError, and the run directory holds nothing (no config.yaml, no metrics)."""
+    import qspos
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config()
+    cfg["data"]["batch_size"] = 16
+    cfg.update(train={"epochs": 1, "warmup_epochs": 0})
+    x = torch.randn(64, 1, 12, 12)
+    data = torch.utils.data.TensorDataset(x, torch.arange(64) % 7)  # 7 classes; the model has 4 outputs
+    with pytest.raises(QsposError, match="the data holds label [4-6], but the model has 4 outputs"):
+        qspos.train_supernet(cfg, tmp_path / "run", train=data, val=data)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))
