@@ -209,6 +209,6 @@ def evolve(supernet: Supernet, score: Callable[[Arch], float], budget: Mapping, 
     """
     s = load_search_settings({"budgets": [{"name": "budget", **budget}], **settings})
     metrics = ArchMetrics(CostModel(supernet, supernet.input_shape))
-    (parsed,) = parse_budgets(s.budgets, metrics)
+    (parsed,) = parse_budgets(s.budgets, metrics, floor=s.floor)
     return _evolve(supernet.space, score, lambda a: parsed.accepts(metrics(a)), lambda a: metrics(a)["bitops"],
                    s, s.iterations, s.topk, random.Random(seed))

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="arch YAML/JSON file to fine-tune")
     g.add_argument("--pick", type=int, help="fine-tune each budget's N-th best arch (0-based)")
 
-    _common(sub.add_parser("float", help="train the float baseline (the backbone unquantized, fine-tuning recipe)"))
+    _common(sub.add_parser("float", help="train the float teacher (the backbone unquantized, the float recipe), "
+                                         "or measure float.checkpoint"))
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
     _common(p, out=False, resume=False)
@@ -290,6 +291,9 @@ def _export_exit_code(results: list[ExportResult]) -> int:
     failed = [f"{r.name} ({', '.join(r.failed())})" for r in results if r.check_ok is False]
     if failed:
         console.print(f"[red]exported files disagree with PyTorch: {'; '.join(failed)} (see each summary.json)")
+        for r in results:
+            for why in r.failures():
+                console.print(f"[red]  {r.name} {why}")
         return 1
     return 0
 

@@ -6,6 +6,11 @@ or ``"uniform W,A"``: that metric's value for the net with every choice point at
 A-bit activations and base width. A bare bound is an upper bound; ``{max, min}`` gives either
 or both. Several metrics in one entry must all hold.
 
+A budget's *band* is its floor and bound: ``floor: 0.95`` in an entry (or the caller's default,
+``search.floor``) sets ``min`` to that share of ``max`` for every metric without its own ``min``,
+so a search spends its budget instead of wandering below it (the paper's code samples inside
+FLOPs bins for the same reason). ``floor: null`` in an entry removes the default.
+
 The syntax of entries is checked here without the cost side (the config does so on load);
 :func:`parse_budgets` resolves them against an :class:`~qspos.core.metrics.ArchMetrics`.
 """
@@ -39,6 +44,7 @@ class Budget:
     limits: dict[str, Bound]
     spec: dict[str, Any] = field(default_factory=dict)  # the config entry as written
     uniform: tuple[int, int] | None = None  # the first "uniform W,A" reference in the entry
+    floor: float | None = None  # the band's floor as a share of each upper bound (None: no floor)
 
     def accepts(self, metrics: Mapping[str, float]) -> bool:
         for metric, (lo, hi) in self.limits.items():
@@ -56,6 +62,7 @@ def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") 
         if not isinstance(entry, Mapping):
             raise QsposError(f'{key}: expected a mapping like {{bitops: "uniform 3,3"}}, got {entry!r}')
         names.append(_entry_name(entry, key))
+        _floor(entry, None, key)
         for metric, bound in _metric_items(entry, key):
             for side, value in _bound_items(bound, f"{key}.{metric}"):
                 _bound_value(value, f"{key}.{metric}" + (f".{side}" if isinstance(bound, Mapping) else ""))
@@ -64,17 +71,32 @@ def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") 
         raise QsposError(f"{where}: budget names must be unique, {dup[0]!r} is used twice")
 
 
-def parse_budgets(entries: Sequence[Any], metrics: ArchMetrics, where: str = "search.budgets") -> list[Budget]:
-    """Budgets from config entries, with "uniform W,A" bounds resolved against ``metrics``.
+def parse_budgets(entries: Sequence[Any], metrics: ArchMetrics, where: str = "search.budgets",
+                  floor: float | None = None) -> list[Budget]:
+    """Budgets from config entries, with "uniform W,A" bounds resolved against ``metrics`` and
+    ``floor`` the default band floor of entries that set none.
 
-    A budget no arch of the space can meet raises, naming the smallest (largest) value reachable.
+    A budget no arch of the space can meet raises, naming the cheapest and dearest archs.
     """
     check_budget_entries(entries, where)
-    return [_parse(entry, metrics, f"{where}[{i}]") for i, entry in enumerate(entries)]
+    return [_parse(entry, metrics, f"{where}[{i}]", floor) for i, entry in enumerate(entries)]
 
 
-def _parse(entry: Mapping, metrics: ArchMetrics, key: str) -> Budget:
+def _floor(entry: Mapping, default: float | None, key: str) -> float | None:
+    """The entry's band floor: its own ``floor`` (a share in (0, 1], or null for none), else ``default``."""
+    if "floor" not in entry:
+        return default
+    value = entry["floor"]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise QsposError(f"{key}.floor: a share of the bound in (0, 1] (or null), got {value!r}")
+    return float(value)
+
+
+def _parse(entry: Mapping, metrics: ArchMetrics, key: str, default_floor: float | None) -> Budget:
     limits: dict[str, Bound] = {}
+    floor = _floor(entry, default_floor, key)
     uniform: tuple[int, int] | None = None
     for metric, bound in _metric_items(entry, key):
         where = f"{key}.{metric}"
@@ -91,32 +113,34 @@ def _parse(entry: Mapping, metrics: ArchMetrics, key: str) -> Budget:
                 value = metrics(metrics.space.uniform(*value))[metric]
             sides[side] = float(value)
         lo, hi = sides.get("min"), sides.get("max")
+        if lo is None and hi is not None and floor is not None:
+            lo = floor * hi
         if lo is not None and hi is not None and lo > hi:
             raise QsposError(f"{where}: min {lo:.6g} is above max {hi:.6g}")
         _check_feasible(metrics, metric, lo, hi, where)
         limits[metric] = (lo, hi)
-    return Budget(_entry_name(entry, key), limits, dict(entry), uniform)
+    return Budget(_entry_name(entry, key), limits, dict(entry), uniform, floor)
 
 
 def _check_feasible(metrics: ArchMetrics, metric: str, lo: float | None, hi: float | None, where: str) -> None:
-    if hi is not None:
-        smallest, arch = metrics.extreme(metric)
-        if smallest > hi:
-            raise QsposError(
-                f"{where}: no arch meets {metric} <= {hi:.6g}; the smallest achievable is "
-                f"{smallest:.6g} ({_describe(arch)})"
-            )
-    if lo is not None:
-        largest, arch = metrics.extreme(metric, largest=True)
-        if largest < lo:
-            raise QsposError(
-                f"{where}: no arch meets {metric} >= {lo:.6g}; the largest achievable is "
-                f"{largest:.6g} ({_describe(arch)})"
-            )
+    smallest, cheapest = metrics.extreme(metric)
+    largest, dearest = metrics.extreme(metric, largest=True)
+    if hi is not None and smallest > hi:
+        raise QsposError(f"{where}: no arch meets {metric} <= {hi:.6g}; {_span(metric, metrics)}")
+    if lo is not None and largest < lo:
+        raise QsposError(f"{where}: no arch meets {metric} >= {lo:.6g} (the band's floor or min); "
+                         f"{_span(metric, metrics)}")
+
+
+def _span(metric: str, metrics: ArchMetrics) -> str:
+    """What the space reaches: its cheapest and dearest arch in ``metric``."""
+    (smallest, cheapest), (largest, dearest) = metrics.extreme(metric), metrics.extreme(metric, largest=True)
+    return (f"the cheapest arch has {smallest:.6g} ({_describe(cheapest)}), "
+            f"the dearest {largest:.6g} ({_describe(dearest)})")
 
 
 def _describe(arch: Arch) -> str:
-    choices = sorted({(c.w_bits, c.a_bits, c.width) for c in arch.values()})
+    choices = sorted({(c.w_bits, c.a_bits, c.width) for c in arch.values()}, key=lambda c: (c[0], c[1], c[2] or 0))
     if len(choices) == 1:
         w, a, m = choices[0]
         return f"every choice point at W{w}A{a}" + (f" x{m:g}" if m is not None else "")
@@ -139,7 +163,7 @@ def _entry_name(entry: Mapping, key: str) -> str:
 
 
 def _metric_items(entry: Mapping, key: str) -> list[tuple[str, Any]]:
-    items = [(k, v) for k, v in entry.items() if k != "name"]
+    items = [(k, v) for k, v in entry.items() if k not in ("name", "floor")]
     for metric, _ in items:
         if isinstance(metric, int):  # YAML read {bitops: uniform 3,3} as {bitops: "uniform 3", 3: null}
             raise QsposError(f'{key}: quote uniform bounds inside {{...}}, e.g. {{bitops: "uniform 3,3"}}')

@@ -33,8 +33,9 @@ class BreedSettings(Protocol):
 
 
 def ranked(digests: Sequence[str], scores: Mapping[str, float], tiebreak: Mapping[str, float]) -> list[str]:
-    """Digests best first: higher score, then smaller ``tiebreak`` (e.g. BitOps), then digest."""
-    return sorted(set(digests), key=lambda d: (-scores[d], tiebreak[d], d))
+    """Digests best first: higher score, then larger ``tiebreak`` (the cost: of two archs the
+    supernet cannot tell apart, the one that spends more of the budget), then digest."""
+    return sorted(set(digests), key=lambda d: (-scores[d], -tiebreak[d], d))
 
 
 def random_archs(space: Space, rng: random.Random, accept: Accept, seen: set[str], count: int,
@@ -90,7 +91,7 @@ def breed(space: Space, parents: Sequence[Arch], rng: random.Random, accept: Acc
 
 def evolve(space: Space, score: Callable[[Arch], float], accept: Accept, tiebreak: Callable[[Arch], float],
            settings: BreedSettings, iterations: int, topk: int, rng: random.Random) -> list[tuple[Arch, float]]:
-    """Every arch the evolution evaluated with its score, best first (ties: smaller ``tiebreak``).
+    """Every arch the evolution evaluated with its score, best first (ties: larger ``tiebreak``).
 
     In memory and without resume: the building block for a caller's own loop (the search stage
     keeps its state on disk between generations instead).

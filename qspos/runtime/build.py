@@ -5,6 +5,7 @@ Every command rebuilds its networks from the config alone through these function
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -158,3 +159,38 @@ def finetuned_from_state(cfg: Config, state: dict, path: Path) -> tuple[nn.Modul
     model = supernet.extract(arch)
     load_model_state(model, state["model"], path)
     return model.eval(), arch
+
+
+def float_model(cfg: Config) -> nn.Module:
+    """The config's backbone as a plain float network (fresh weights drawn from ``cfg.seed``),
+    or a copy of the running task's model with its own weights."""
+    torch.manual_seed(cfg.seed)
+    given = current().model
+    if given is not None:
+        return copy.deepcopy(given)
+    args = {k: v for k, v in cfg.model.args.items() if k != "weights"}  # trained from scratch
+    return build_model(cfg.model.name, cfg.model.num_classes, cfg.model.in_channels, args)[0]
+
+
+_FLOAT_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@torch.no_grad()
+def load_float_weights(supernet: Supernet, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Copy a float backbone's weights (a state dict with the same module names, e.g. torchvision's
+    ResNet-18 for ``resnet18``, or the float teacher's) into the supernet, each tensor into the
+    leading slice of the max-width one, then set every weight threshold from the new weights."""
+    own = {k: v for k, v in supernet.net.state_dict().items()
+           if "_quant." not in k and k.rsplit(".", 1)[-1] in _FLOAT_KEYS}
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    if unknown or missing:
+        raise QsposError(f"{source} is not a float state_dict of this model: "
+                         f"missing {missing[:3]}, unknown {unknown[:3]}")
+    for key, value in state.items():
+        dst = own[key]
+        if value.dim() != dst.dim() or any(a > b for a, b in zip(value.shape, dst.shape)):
+            raise QsposError(f"{source}: {key} has shape {tuple(value.shape)}, the model's is {tuple(dst.shape)}")
+        dst[tuple(slice(n) for n in value.shape)].copy_(value)
+    for _, layer in supernet.layer_items():
+        layer.init_weight_thresholds()

@@ -94,10 +94,16 @@ class OptimConfig:
     amp: bool = True  # used on CUDA only
     channels_last: bool = True  # used on CUDA only
     device: str = "auto"
+    # teacher: learn from the float teacher's logits as well as the labels (knowledge distillation):
+    # loss = distill_weight * T^2 * KL(teacher_T || student_T) + (1 - distill_weight) * cross-entropy
+    distill: Literal["none", "teacher"] = "none"
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
 
 
 @dataclass
 class TrainConfig(OptimConfig):
+    init: Literal["scratch", "teacher"] = "scratch"  # teacher: the supernet starts from the float teacher's weights
     sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
     sampling_budget: dict[str, Any] = field(default_factory=dict)
     threshold_init_batches: int = 4
@@ -119,8 +125,22 @@ class FinetuneConfig(OptimConfig):
 
 
 @dataclass
+class FloatConfig(OptimConfig):
+    """The float teacher (``qspos float``): its own recipe, long enough to converge, or a
+    pretrained state dict that is the teacher as it is."""
+
+    epochs: float = 15.0
+    lr: float = 0.1
+    warmup_epochs: float = 0.5
+    checkpoint: str | None = None  # a float state dict of the backbone: the teacher, not trained again
+
+
+@dataclass
 class SearchConfig:
     budgets: list[dict[str, Any]] = field(default_factory=list)
+    # each budget's band: min = floor x max for every bound without its own min (a budget entry's
+    # own floor wins; null: no floor), so the search spends its budget
+    floor: float | None = 0.9
     population: int = 50
     iterations: int = 20
     topk: int = 10
@@ -131,6 +151,9 @@ class SearchConfig:
     calib_images: int = 2048  # BN recalibration images from the training split
     val_images: int | None = None  # None: the whole held-out validation split
     random_baseline: bool = True  # random search with as many evaluations, as a baseline
+    # after the evolution, raise the pick one choice at a time while it stays in the budget and its
+    # score within its noise (qspos.core.fill): the search spends what the pick leaves
+    fill: bool = True
     latency_table: str | None = None  # JSON from 'qspos latency CONFIG OUT.json' (latency_ms budgets)
     device: str = "auto"
     seed: int = 0
@@ -162,6 +185,7 @@ class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    float: FloatConfig = field(default_factory=FloatConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -331,6 +355,8 @@ def _validate_optim(o: OptimConfig, section: str) -> None:
         ("label_smoothing", 0 <= o.label_smoothing < 1, "must be in [0, 1)"),
         ("log_every", o.log_every > 0, "must be positive"),
         ("checkpoint_every", o.checkpoint_every > 0, "must be positive"),
+        ("distill_temperature", o.distill_temperature > 0, "must be positive"),
+        ("distill_weight", 0 <= o.distill_weight <= 1, "must be in [0, 1]"),
     ]
     for key, ok, why in checks:
         if not ok:
@@ -385,7 +411,7 @@ def _validate(cfg: Config) -> None:
         raise QsposError(f"data.train_subset: must be positive or null, got {cfg.data.train_subset}")
     if cfg.data.synthetic_size <= 0:
         raise QsposError(f"data.synthetic_size: must be positive, got {cfg.data.synthetic_size}")
-    for key in ("train.device", "finetune.device", "search.device"):
+    for key in ("float.device", "train.device", "finetune.device", "search.device"):
         section, name = key.split(".")
         device = getattr(getattr(cfg, section), name)
         if not _DEVICE.match(device):
@@ -400,8 +426,11 @@ def _validate(cfg: Config) -> None:
         raise QsposError(f"data.val_size: must be >= 0, got {cfg.data.val_size}")
     if cfg.data.workers < 0:
         raise QsposError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    _validate_optim(cfg.float, "float")
     _validate_optim(cfg.train, "train")
     _validate_optim(cfg.finetune, "finetune")
+    if cfg.float.distill != "none":
+        raise QsposError(f"float.distill: the float teacher learns from the labels only, got {cfg.float.distill!r}")
     if cfg.train.threshold_init_batches < 0:
         raise QsposError(f"train.threshold_init_batches: must be >= 0, got {cfg.train.threshold_init_batches}")
     if cfg.train.sampling == "budget" and not cfg.train.sampling_budget:
@@ -432,6 +461,8 @@ def _validate_search(s: SearchConfig) -> None:
             raise QsposError(f"search.{key}: must be >= {least}, got {v}")
     if not 0 <= s.mutation_prob <= 1:
         raise QsposError(f"search.mutation_prob: {s.mutation_prob} is outside [0, 1]")
+    if s.floor is not None and not 0 < s.floor <= 1:
+        raise QsposError(f"search.floor: a share of each budget's bound in (0, 1] (or null), got {s.floor}")
     if s.val_images is not None and s.val_images < 1:
         raise QsposError(f"search.val_images: must be positive or null, got {s.val_images}")
     check_budget_entries(s.budgets, "search.budgets")

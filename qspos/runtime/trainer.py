@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as torch_dist
@@ -37,6 +37,9 @@ from qspos.runtime.distributed import Dist
 from qspos.runtime.optim import ActiveParts, make_optimizer
 from qspos.runtime.progress import MetricsLog, console, progress_bar
 from qspos.runtime.task import current
+
+if TYPE_CHECKING:
+    from qspos.runtime.teacher import Teacher
 
 # OptimConfig fields that do not change the trajectory (a resume may change them).
 _NOT_RECIPE = {"log_every", "checkpoint_every", "amp", "channels_last", "device"}
@@ -84,6 +87,7 @@ def fit(
     on_ready: Callable[[], None] | None = None,
     progress_interval_s: float = 30.0,
     compile_model: bool = False,
+    teacher: Teacher | None = None,
 ) -> FitResult:
     """Train ``model`` (classification, cross-entropy; or the running task's loss, see
     ``runtime.task``) on ``dataset`` as ``optim`` says.
@@ -108,6 +112,8 @@ def fit(
     - ``progress_interval_s``: seconds between plain progress lines outside a terminal.
     - ``compile_model``: run the forward under ``torch.compile`` (the caller makes the model's
       shapes path-independent, e.g. ``Supernet.set_masked``).
+    - ``teacher``: learn from its logits as well as the labels (``optim.distill: teacher``); it is
+      frozen. The caller puts its digest in ``recipe``, so that a resume must match it.
     AMP (float16) and channels_last are used on CUDA only, as ``optim.amp/channels_last`` say.
     """
     device = torch.device(device)
@@ -207,7 +213,8 @@ def fit(
                             logits = net(x)
                             if step == start_step:  # once: a label the model cannot output is bad input
                                 check_labels(logits, y)
-                            loss = criterion(logits, y)
+                            loss = criterion(logits, y) if teacher is None else \
+                                teacher.loss(x, logits, y, optim.label_smoothing)
                         else:
                             logits, loss = None, task_loss(net, (x, y))
                     watch.see(step, loss)

@@ -4,7 +4,7 @@ the supernet ranks archs.
 For each seed, into ``WORK/seed<S>/`` (a run directory: ``supernet.pt``, ``search/``,
 ``float/``, ``finetune/<net>/``):
 
-- ``float``: the backbone unquantized, trained from scratch with the ``finetune`` recipe;
+- ``float``: the backbone unquantized, trained from scratch with the ``float`` recipe;
 - ``uniform-w<k>a<k>`` for k in :data:`UNIFORM_BITS`;
 - ``searched-<budget>``: the evolution's best arch of each budget;
 - ``random-<budget>``: the random search's best (as many evaluations as the evolution);
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from qspos.core.budget import Budget
+from qspos.core.stats import binomial_se
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import Config, load_config
@@ -46,7 +47,6 @@ from qspos.runtime.provenance import git_commit, machine
 from qspos.runtime.rundir import NetDir, RunDir
 from qspos.stages.finetune import FinetuneResult, Target, finetune
 from qspos.stages.float_baseline import FloatResult, train_float
-from qspos.stages.report import binomial_se
 from qspos.stages.run import search_complete, supernet_complete
 from qspos.stages.search import evaluations, search, search_budgets
 from qspos.stages.search_results import SearchResult

@@ -23,9 +23,14 @@ from qspos.core.arch import Arch
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.cost import CostModel
 from qspos.core.space import Space
-from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_finetuned, load_supernet, quant_backend
+from qspos.runtime.build import (
+    build_supernet,
+    load_finetuned,
+    load_float_weights,
+    load_supernet,
+    quant_backend,
+)
 from qspos.runtime.checkpoint import atomic_save, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.data import DataSplits, calibration_loader, load_splits
@@ -34,12 +39,11 @@ from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
 from qspos.runtime.files import load_arch, save_arch, write_json
 from qspos.runtime.progress import ScoreFormat, console, table
 from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, data_identity, fingerprint, holds_run_dir
+from qspos.runtime.teacher import Teacher, teacher_of
 from qspos.runtime.trainer import check_finished, fit, training_recipe
 from qspos.stages.evaluate import result_record
 from qspos.stages.search_results import SearchResult
 from quant_kernels.brevitas_impl import set_fused_kernels
-
-_FLOAT_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
@@ -118,28 +122,6 @@ def finetune_targets(
 # ---------------------------------------------------------------------------- building the net
 
 
-@torch.no_grad()
-def load_float_weights(supernet: Supernet, path: str | Path) -> None:
-    """Copy a float backbone's weights (a state_dict with the same module names, e.g.
-    torchvision's ResNet-18 for ``resnet18``) into the supernet, each tensor into the leading
-    slice of the max-width one, then set every weight threshold from the new weights."""
-    state = load_state_dict_file(path)
-    own = {k: v for k, v in supernet.net.state_dict().items()
-           if "_quant." not in k and k.rsplit(".", 1)[-1] in _FLOAT_KEYS}
-    unknown = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    if unknown or missing:
-        raise QsposError(f"{path} is not a float state_dict of this model: "
-                         f"missing {missing[:3]}, unknown {unknown[:3]}")
-    for key, value in state.items():
-        dst = own[key]
-        if value.dim() != dst.dim() or any(a > b for a, b in zip(value.shape, dst.shape)):
-            raise QsposError(f"{path}: {key} has shape {tuple(value.shape)}, the model's is {tuple(dst.shape)}")
-        dst[tuple(slice(n) for n in value.shape)].copy_(value)
-    for _, layer in supernet.layer_items():
-        layer.init_weight_thresholds()
-
-
 def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any, device: torch.device) -> nn.Module:
     """The standalone Brevitas net of ``arch``, initialised as ``finetune.init`` says, with its
     BatchNorm statistics recalibrated on ``calib`` (a loader of training images)."""
@@ -151,7 +133,8 @@ def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any
         torch.manual_seed(cfg.seed)
         supernet = build_supernet(cfg, device).to(device)
         if init == "float":
-            load_float_weights(supernet, cfg.finetune.float_checkpoint)
+            path = cfg.finetune.float_checkpoint
+            load_float_weights(supernet, load_state_dict_file(path), path)
         init_act_thresholds(supernet, calib, device)
     model = supernet.extract(arch)
     if quant_backend(cfg, device) != "reference":  # same values, fewer passes: the fused tensor_quant
@@ -193,6 +176,7 @@ def finetune(
     dist = init_distributed(device)
     splits = load_splits(cfg.data, cfg.model)
     costs = CostModel(reference, cfg.input_shape)
+    teacher = teacher_of(cfg, run, cfg.finetune, device)
     recorded = False
 
     def record() -> None:
@@ -205,9 +189,9 @@ def finetune(
     for target in targets:
         net = run.net(target.name)
         if resume and net.done:  # kept only if it was tuned as this config says
-            check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train)))
+            check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train), teacher))
         else:
-            _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record)
+            _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record, teacher)
         result = FinetuneResult.from_dict(json.loads(net.result.read_text()))
         result.model = load_finetuned(cfg, net.model)[0]
         results.append(result)
@@ -224,7 +208,7 @@ def claim_outputs(run: RunDir, targets: list[Target]) -> None:
 
 
 def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, costs: CostModel,
-                  device: torch.device, dist: Dist, resume: bool, on_ready: Any) -> None:
+                  device: torch.device, dist: Dist, resume: bool, on_ready: Any, teacher: Teacher | None) -> None:
     net = run.net(target.name)
     d, f = cfg.data, cfg.finetune
     calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
@@ -237,10 +221,10 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     res = fit(
         model, splits.train, f,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint,
-        fingerprint=_identity(cfg, target, len(splits.train))[0], resume=resume, recipe=_recipe(cfg),
-        metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
+        fingerprint=_identity(cfg, target, len(splits.train), teacher)[0], resume=resume,
+        recipe=_recipe(cfg, teacher), metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
         dist=dist, device=device, workers=d.workers, desc=f"finetune {target.name}",
-        on_ready=on_ready, progress_interval_s=cfg.log.interval_s,
+        on_ready=on_ready, progress_interval_s=cfg.log.interval_s, teacher=teacher,
     )
     if dist.main:
         val1, val5 = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)
@@ -258,16 +242,18 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     dist.barrier()
 
 
-def _recipe(cfg: Config) -> dict[str, object]:
-    """What a fine-tuned net depends on beyond the optimiser settings."""
+def _recipe(cfg: Config, teacher: Teacher | None) -> dict[str, object]:
+    """What a fine-tuned net depends on beyond the optimiser settings (the teacher it learns
+    from, by the digest of its weights)."""
     f = cfg.finetune
-    return {**data_identity(cfg), "init": [f.init, f.float_checkpoint]}
+    return {**data_identity(cfg), "init": [f.init, f.float_checkpoint],
+            "teacher": teacher.digest if teacher is not None else None}
 
 
-def _identity(cfg: Config, target: Target, dataset_size: int) -> tuple[str, dict]:
+def _identity(cfg: Config, target: Target, dataset_size: int, teacher: Teacher | None) -> tuple[str, dict]:
     """The (fingerprint, full recipe) of ``target``'s training, as its checkpoint records them."""
     fp = f"{fingerprint(cfg, *SUPERNET_SECTIONS)}-{target.arch.digest()}"
-    return fp, training_recipe(cfg.finetune, cfg.data.batch_size, cfg.seed, dataset_size, _recipe(cfg))
+    return fp, training_recipe(cfg.finetune, cfg.data.batch_size, cfg.seed, dataset_size, _recipe(cfg, teacher))
 
 
 def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: str) -> None:

@@ -1,35 +1,32 @@
-"""The float baseline: the config's backbone at width 1.0 with no quantizer, trained from scratch
-with the fine-tuning recipe (``finetune`` section) in the shared loop, then measured on val and
+"""The float teacher (``qspos float``): the config's backbone at width 1.0 with no quantizer,
+trained from scratch with its own recipe (the ``float`` section, long enough to converge) in the
+shared loop, or a user's pretrained state dict (``float.checkpoint``); then measured on val and
 test, so a quantized net's accuracy can be read against the float net's.
 
 It lives in ``RUN_DIR/float/`` (``model.pt``: its float state dict, whose keys are the supernet's
-float keys, so ``finetune.init: float`` with ``finetune.float_checkpoint`` pointing at it starts
-a quantized net from it; ``train.pt``: the resumable checkpoint; ``result.json``).
+float keys: the teacher of ``train.init``/``distill: teacher``, see ``qspos.runtime.teacher``;
+``train.pt``: the resumable checkpoint; ``result.json``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from qspos.core.cost import CostModel
-from qspos.models import build_model
-from qspos.runtime.build import build_supernet
-from qspos.runtime.checkpoint import atomic_save
+from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet, float_model
+from qspos.runtime.checkpoint import atomic_save, load_model_state, load_state_dict_file
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.evaluate import split_accuracy
 from qspos.runtime.files import write_json
 from qspos.runtime.progress import ScoreFormat, console
-from qspos.runtime.rundir import NetDir, RunDir, data_identity, fingerprint, holds_run_dir
-from qspos.runtime.task import current
+from qspos.runtime.rundir import NetDir, RunDir, data_identity, holds_run_dir
+from qspos.runtime.teacher import float_fingerprint
 from qspos.runtime.trainer import check_finished, fit, training_recipe
 
 FLOAT_BITS = 32  # an unquantized operand counts 32 bits in BitOps and size
@@ -51,6 +48,7 @@ class FloatResult:
     train_seconds: float
     val_images: int
     test_images: int
+    source: str | None = None  # float.checkpoint when the teacher was pretrained, None when trained here
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,17 +56,6 @@ class FloatResult:
     @classmethod
     def load(cls, path: str | Path) -> FloatResult:
         return cls(**json.loads(Path(path).read_text()))
-
-
-def float_model(cfg: Config) -> nn.Module:
-    """The config's backbone (or the running task's model) as a plain float network, fresh
-    weights drawn from ``cfg.seed``."""
-    torch.manual_seed(cfg.seed)
-    given = current().model
-    if given is not None:
-        return copy.deepcopy(given)
-    args = {k: v for k, v in cfg.model.args.items() if k != "weights"}  # trained from scratch
-    return build_model(cfg.model.name, cfg.model.num_classes, cfg.model.in_channels, args)[0]
 
 
 def float_cost(cfg: Config) -> dict[str, int]:
@@ -83,33 +70,49 @@ def float_cost(cfg: Config) -> dict[str, int]:
 
 @holds_run_dir
 def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> FloatResult:
-    """Train and measure the float baseline into ``run_dir/float/``. With ``resume`` a finished
-    one is kept (if trained as this config says) and a killed one continues from ``train.pt``."""
+    """Train and measure the float teacher into ``run_dir/float/`` (or, with ``float.checkpoint``,
+    measure that pretrained net and keep a copy there). With ``resume`` a finished one is kept
+    (if made as this config says) and a killed training continues from ``train.pt``."""
     run = RunDir.of(cfg, run_dir)
     net: NetDir = run.float_net
     splits = load_splits(cfg.data, cfg.model)
-    fp, d = f"{fingerprint(cfg, 'model')}-float", cfg.data
-    if resume and net.done:  # kept only if it was trained as this config says
-        check_finished(net.train_checkpoint, fp,
-                       training_recipe(cfg.finetune, d.batch_size, cfg.seed, len(splits.train), data_identity(cfg)))
-        return FloatResult.load(net.result)
-    device = pick_device(cfg.finetune.device)
+    fp, d, source = float_fingerprint(cfg), cfg.data, cfg.float.checkpoint
+    if resume and net.done:  # kept only if it was made as this config says
+        kept = FloatResult.load(net.result)
+        if kept.source != source:
+            raise QsposError(f"{net.path} holds the float net of {kept.source or 'a training'}, not of "
+                             f"{source or 'a training'}: choose another --out")
+        if source is None:
+            check_finished(net.train_checkpoint, fp,
+                           training_recipe(cfg.float, d.batch_size, cfg.seed, len(splits.train), data_identity(cfg)))
+        return kept
+    if not resume and net.started:
+        raise QsposError(f"{net.path} already holds a float net: pass --resume to keep it, or choose another --out")
+    device = pick_device(cfg.float.device)
     dist = init_distributed(device)
     model = float_model(cfg)
-    res = fit(
-        model, splits.train, cfg.finetune,
-        batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint, fingerprint=fp,
-        resume=resume, recipe=data_identity(cfg),
-        metrics=run.metrics_log(cfg, "float", enabled=dist.main), dist=dist, device=device,
-        workers=d.workers, desc="float", progress_interval_s=cfg.log.interval_s,
-    )
+    if source is None:
+        res = fit(
+            model, splits.train, cfg.float,
+            batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint, fingerprint=fp,
+            resume=resume, recipe=data_identity(cfg),
+            metrics=run.metrics_log(cfg, "float", enabled=dist.main), dist=dist, device=device,
+            workers=d.workers, desc="float", progress_interval_s=cfg.log.interval_s,
+        )
+        steps, seconds = res.steps, round(res.seconds, 1)
+    else:  # a pretrained teacher: measured as it is
+        load_model_state(model, load_state_dict_file(source), source)
+        model.to(device)
+        steps, seconds = 0, 0.0
+        if dist.main:
+            run.record_config(cfg)
     if dist.main:
         val1, val5 = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device) if len(splits.val) \
             else (None, None)
         test1, test5 = split_accuracy(model, splits.test, d.eval_batch_size, d.workers, device)
-        result = FloatResult(str(net.path), val1, val5, test1, test5, steps=res.steps,
-                             train_seconds=round(res.seconds, 1), val_images=len(splits.val),
-                             test_images=len(splits.test), **float_cost(cfg))
+        result = FloatResult(str(net.path), val1, val5, test1, test5, steps=steps, train_seconds=seconds,
+                             val_images=len(splits.val), test_images=len(splits.test), source=source,
+                             **float_cost(cfg))
         atomic_save({"model": model.state_dict(), "fingerprint": fp, "complete": True}, net.model)
         write_json(net.result, result.to_dict())
         console.print(f"float: test {cfg.score} {ScoreFormat(cfg.score).text(test1)}")

@@ -10,10 +10,10 @@ best of the random search), with the Pareto plot of the search embedded. Scores 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from qspos.core.cost import CostModel
+from qspos.core.stats import binomial_se
 from qspos.runtime.build import build_supernet
 from qspos.runtime.files import write_text
 from qspos.runtime.progress import ScoreFormat, read_metrics
@@ -122,7 +122,9 @@ def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: Cos
     n = search.val_images
     for b in search.budgets:
         best, ft = b.best[0], finetuned.get(b.name, {})
-        lines.append(f"| {b.name} | searched `{best.digest}` | {_m(best.bitops)} | {_kib(best.size_bits)} "
+        use = f" ({100 * b.budget_use:.0f} % of the budget)" if b.budget_use is not None else ""
+        filled = f", {len(b.fill)} fill step(s)" if b.fill else ""
+        lines.append(f"| {b.name} | searched `{best.digest}`{filled} | {_m(best.bitops)}{use} | {_kib(best.size_bits)} "
                      f"| {_s(score, best.val_top1, n)} | {_ft(ft, score)} |")
         u = b.uniform
         if u:
@@ -207,12 +209,6 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_n
     baseline = None if float_net is None else ("float (test)", float_net["test_top1"])
     # every arch: search/pareto.png
     pareto_plot(run.report_plot, (), search.pareto, marks, tuned, limits, baseline, score=score)
-
-
-def binomial_se(p: float | None, n: int | None) -> float | None:
-    """Binomial standard error of an accuracy ``p`` measured on ``n`` images (a caller's score
-    is no accuracy: the report gives it none)."""
-    return None if p is None or not n else math.sqrt(p * (1 - p) / n)
 
 
 def _p(v: float | None, n: int | None = None) -> str:

@@ -18,8 +18,10 @@ from qspos.runtime.config import Config
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.progress import ScoreFormat, console, stdout
 from qspos.runtime.rundir import RunDir, holds_run_dir
+from qspos.runtime.teacher import needs_teacher, trains_teacher
 from qspos.stages.export import ExportResult, export, export_table
 from qspos.stages.finetune import FinetuneResult, finetune, results_table
+from qspos.stages.float_baseline import train_float
 from qspos.stages.report import write_report
 from qspos.stages.search import SearchResult, require_budgets, search, state_fingerprint
 from qspos.stages.train import TrainResult, check_trained, train_supernet
@@ -46,6 +48,8 @@ def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = 
     dist = init_distributed(devices[0])
     dist.barrier()
 
+    if needs_teacher(cfg) and trains_teacher(cfg):  # an input of the run: kept when there, as the config says
+        train_float(cfg, rd, resume=True)
     trained = None
     if resume and supernet_complete(rd.supernet):
         check_trained(cfg, rd)

@@ -18,7 +18,9 @@ from qspos.core.arch import Arch
 from qspos.core.budget import Budget, parse_budgets
 from qspos.core.cost import CostModel
 from qspos.core.evolution import Accept, breed, initial_population, random_archs, ranked
+from qspos.core.fill import fill
 from qspos.core.metrics import ArchMetrics
+from qspos.core.stats import binomial_se
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
@@ -48,7 +50,7 @@ def search_budgets(cfg: Config, supernet: Supernet) -> tuple[ArchMetrics, list[B
     require_budgets(cfg)
     latency = load_latency_table(cfg.search.latency_table) if cfg.search.latency_table else None
     metrics = ArchMetrics(CostModel(supernet, cfg.input_shape), latency)
-    return metrics, parse_budgets(cfg.search.budgets, metrics)
+    return metrics, parse_budgets(cfg.search.budgets, metrics, floor=cfg.search.floor)
 
 
 def state_fingerprint(cfg: Config) -> str:
@@ -178,6 +180,23 @@ class _Search:
                            candidates=len(bs["evaluated"]), evaluations=len(self.state["cache"]))
             bar.update(task, completed=bs["generation"], info=self._info(bs["evaluated"]))
 
+    def fill(self, budget: Budget) -> None:
+        """Raise the evolution's pick while it stays in the budget and its score within its noise
+        (``qspos.core.fill``); the steps are kept in the state, so a resumed search skips it."""
+        bs = self.state["budgets"][budget.name]
+        if "fill" in bs or not bs["evaluated"]:
+            return
+        start = self.ranked(bs["evaluated"])[0]
+        score = self.state["cache"][start]
+        noise = binomial_se(score, self.val_images) if ScoreFormat(self.cfg.score).accuracy else 0.0
+        arch, steps = fill(self.space, Arch.from_dict(self.state["archs"][start]), score, self.evaluate,
+                           self.accept_fn(budget), lambda a: self.metrics(a)["bitops"], noise or 0.0)
+        bs["fill"] = {"pick": arch.digest(), "steps": [step.to_dict() for step in steps]}
+        self._save()
+        if self.main and steps:
+            console.print(f"budget {budget.name}: the fill step raised {len(steps)} choice(s), "
+                          f"{self.bitops(start) / 1e6:.1f} -> {self.bitops(arch.digest()) / 1e6:.1f} M BitOps")
+
     def random_search(self, budget: Budget, bar, task) -> None:
         """Random archs in ``budget``, as many as the evolution evaluated (the baseline)."""
         bs = self.state["budgets"][budget.name]
@@ -236,15 +255,19 @@ class _Search:
         for b in self.budgets:
             bs = self.state["budgets"][b.name]
             rand = bs["random"] or []
+            picks = self.ranked(bs["evaluated"])
+            if "fill" in bs:  # the filled pick first, then the evolution's best
+                picks = [bs["fill"]["pick"]] + [d for d in picks if d != bs["fill"]["pick"]]
             budgets.append(BudgetResult(
                 name=b.name,
                 limits={m: list(v) for m, v in b.limits.items()},
                 spec=b.spec,
-                best=[self.candidate(d) for d in self.ranked(bs["evaluated"])[: self.scfg.topk]],
+                best=[self.candidate(d) for d in picks[: self.scfg.topk]],
                 uniform=uniforms[b.name],
                 random_best=self.candidate(self.ranked(rand)[0]) if rand else None,
                 evaluations=len(bs["evaluated"]),
                 random_evaluations=len(rand) if bs["random"] is not None else None,
+                fill=bs["fill"]["steps"] if "fill" in bs else None,
             ))
         points = [
             ParetoPoint(arch, top1, self.bitops(d), self.metrics(arch)["size_bits"])
@@ -280,6 +303,8 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
         for b in s.budgets:
             task = bar.add_task(f"evolution {b.name}", total=s.scfg.iterations, info="")
             s.evolve(b, bar, task)
+            if s.scfg.fill:
+                s.fill(b)
             if s.scfg.random_baseline:
                 s.random_search(b, bar, bar.add_task(f"random {b.name}", total=1, info=""))
             uniforms[b.name] = s.uniform_baseline(b)
@@ -325,6 +350,9 @@ def chosen_table(result: SearchResult, names: Sequence[str], score: ScoreFormat)
     rows.append(["archs (evolution/random)"] + [f"{b.evaluations}/{b.random_evaluations}"
                                                 if b.evaluations is not None else None for b in result.budgets])
     rows.append(["BitOps (G)"] + [round(e.bitops / 1e9, 4) for e in best])
+    rows.append(["budget use"] + [f"{100 * b.budget_use:.0f}%" if b.budget_use is not None else None
+                                  for b in result.budgets])
+    rows.append(["fill steps"] + [len(b.fill) if b.fill is not None else None for b in result.budgets])
     rows.append(["weights (KiB)"] + [round(e.size_bits / 8 / 1024, 1) for e in best])
     return table("chosen archs (W bits, A bits, width)", ["layer"] + [b.name for b in result.budgets], rows)
 

@@ -58,7 +58,8 @@ class UniformBaseline:
 
 @dataclass(frozen=True)
 class BudgetResult:
-    """The search under one budget: its best archs, best first, and its baselines."""
+    """The search under one budget: its picks, best first (the first one filled, see
+    ``qspos.core.fill``, when ``fill`` holds its steps), and its baselines."""
 
     name: str
     limits: dict[str, list]  # metric -> [min, max] (either may be None)
@@ -68,20 +69,30 @@ class BudgetResult:
     random_best: Candidate | None  # the random search's best, with as many evaluations
     evaluations: int | None = None  # archs the evolution evaluated under this budget
     random_evaluations: int | None = None  # archs the random search found (fewer under a tight budget)
+    fill: list[dict] | None = None  # the fill step's kept raises, in order (None: no fill step ran)
+
+    @property
+    def budget_use(self) -> float | None:
+        """The pick's share of its first upper bound on a cost it reports (BitOps, size, MACs)."""
+        for metric, (_, hi) in self.limits.items():
+            if hi and metric in ("bitops", "searched_bitops", "size_bits", "macs") and self.best:
+                return getattr(self.best[0], metric) / hi
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "limits": self.limits, "spec": self.spec,
                 "best": [c.to_dict() for c in self.best],
                 "uniform": self.uniform.to_dict() if self.uniform else None,
                 "random_best": self.random_best.to_dict() if self.random_best else None,
-                "evaluations": self.evaluations, "random_evaluations": self.random_evaluations}
+                "evaluations": self.evaluations, "random_evaluations": self.random_evaluations,
+                "fill": self.fill, "budget_use": self.budget_use}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BudgetResult:
         return cls(d["name"], dict(d["limits"]), dict(d["spec"]), [Candidate.from_dict(c) for c in d["best"]],
                    UniformBaseline.from_dict(d["uniform"]) if d.get("uniform") else None,
                    Candidate.from_dict(d["random_best"]) if d.get("random_best") else None,
-                   d.get("evaluations"), d.get("random_evaluations"))
+                   d.get("evaluations"), d.get("random_evaluations"), d.get("fill"))
 
 
 @dataclass(frozen=True)

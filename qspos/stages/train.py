@@ -15,7 +15,7 @@ import torch
 
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.supernet import Supernet
-from qspos.runtime.build import build_supernet, quant_backend
+from qspos.runtime.build import build_supernet, load_float_weights, quant_backend
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits, make_loader, sample_subset
 from qspos.runtime.distributed import init_distributed, pick_device
@@ -24,6 +24,7 @@ from qspos.runtime.optim import ActiveParts
 from qspos.runtime.progress import console
 from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, data_identity, fingerprint, holds_run_dir
 from qspos.runtime.sampler import make_sampler
+from qspos.runtime.teacher import Teacher, load_teacher
 from qspos.runtime.trainer import FitResult, check_finished, claim_checkpoint, fit, training_recipe
 from qspos.stages.search import search_budgets
 
@@ -65,6 +66,11 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
         search_budgets(cfg, supernet)
     sampler = make_sampler(cfg, supernet)
     splits = load_splits(cfg.data, cfg.model)
+    teacher = _teacher(cfg, run, device)
+    if not path.exists() and cfg.train.init == "teacher":  # thresholds then start from the teacher's statistics
+        load_float_weights(supernet, teacher.model.state_dict(), teacher.source)
+        if dist.main:
+            console.print(f"supernet: starts from the float teacher, {teacher.source}")
     if not path.exists() and cfg.train.threshold_init_batches > 0:
         n = cfg.train.threshold_init_batches * cfg.data.batch_size
         init_act_thresholds(supernet, make_loader(sample_subset(splits.calib, n, cfg.data.split_seed),
@@ -79,11 +85,11 @@ def train_supernet(cfg: Config, run_dir: str | Path | RunDir | None = None, resu
     result = fit(
         supernet, splits.train, cfg.train,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=path,
-        fingerprint=fingerprint(cfg, *SUPERNET_SECTIONS), resume=resume, recipe=_recipe(cfg),
+        fingerprint=fingerprint(cfg, *SUPERNET_SECTIONS), resume=resume, recipe=_recipe(cfg, teacher),
         before_step=before_step, state={"sampler": sampler}, metrics=metrics,
         dist=dist, device=device, workers=d.workers, desc="supernet",
         on_ready=(lambda: run.record_config(cfg)) if dist.main else None, progress_interval_s=cfg.log.interval_s,
-        compile_model=cfg.train.compile,
+        compile_model=cfg.train.compile, teacher=teacher if cfg.train.distill == "teacher" else None,
     )
     if cfg.train.compile:  # evaluation runs eagerly: the sliced (cheaper) compute, eager kernels
         supernet.set_masked(False)
@@ -103,11 +109,20 @@ def check_trained(cfg: Config, run_dir: str | Path | RunDir | None = None) -> No
     training recipe made (what ``qspos run --resume`` checks before it reuses one)."""
     run = RunDir.of(cfg, run_dir)
     n = len(load_splits(cfg.data, cfg.model).train)
-    recipe = training_recipe(cfg.train, cfg.data.batch_size, cfg.seed, n, _recipe(cfg))
+    recipe = training_recipe(cfg.train, cfg.data.batch_size, cfg.seed, n, _recipe(cfg, _teacher(cfg, run, "cpu")))
     check_finished(run.supernet, fingerprint(cfg, *SUPERNET_SECTIONS), recipe)
 
 
-def _recipe(cfg: Config) -> dict[str, object]:
-    """What a supernet's training depends on beyond the optimiser settings."""
+def _recipe(cfg: Config, teacher: Teacher | None) -> dict[str, object]:
+    """What a supernet's training depends on beyond the optimiser settings: the data, the path
+    sampling, and the teacher it starts from or learns from (by the digest of its weights)."""
     t = cfg.train
-    return {**data_identity(cfg), "sampling": [t.sampling, t.sampling_budget, t.threshold_init_batches]}
+    return {**data_identity(cfg), "sampling": [t.sampling, t.sampling_budget, t.threshold_init_batches],
+            "teacher": teacher.digest if teacher is not None else None}
+
+
+def _teacher(cfg: Config, run: RunDir, device: torch.device | str) -> Teacher | None:
+    """The float teacher, when the supernet starts from it or learns from it."""
+    if cfg.train.init == "teacher" or cfg.train.distill == "teacher":
+        return load_teacher(cfg, run, cfg.train, device)
+    return None

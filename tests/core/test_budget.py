@@ -1,5 +1,6 @@
 import itertools
 import random
+import re
 
 import pytest
 
@@ -107,12 +108,38 @@ def test_extremes_are_exact(overrides):
         assert m(arch)[metric] == value
 
 
-def test_infeasible_budget_names_smallest_value():
+def test_infeasible_budget_names_the_cheapest_and_dearest_archs():
     m = _metrics()
     smallest = m.extreme("bitops")[0]
+    largest_bitops = m.extreme("bitops", largest=True)[0]
     assert parse_budgets([{"bitops": smallest}], m)  # exactly reachable
-    with pytest.raises(QsposError, match=f"smallest achievable is {smallest:.6g}.*W2A2 x0.5"):
+    message = (f"no arch meets bitops <= {smallest - 1:.6g}; the cheapest arch has {smallest:.6g} "
+               f"(every choice point at W2A2 x0.5), the dearest {largest_bitops:.6g}")
+    with pytest.raises(QsposError, match=re.escape(message)):
         parse_budgets([{"bitops": smallest - 1}], m)
     largest = m.extreme("size_bits", largest=True)[0]
-    with pytest.raises(QsposError, match=f"largest achievable is {largest:.6g}"):
+    with pytest.raises(QsposError, match=f"no arch meets size_bits >= {largest + 1:.6g} .*the dearest {largest:.6g}"):
         parse_budgets([{"size_bits": {"min": largest + 1}}], m)
+
+
+def test_a_floor_makes_a_band_below_each_bound_without_a_min():
+    m = _metrics()
+    hi = m(m.space.uniform(4, 4))["bitops"]
+    (plain,) = parse_budgets([{"bitops": "uniform 4,4"}], m)
+    assert plain.limits["bitops"] == (None, hi) and plain.floor is None
+    (band,) = parse_budgets([{"bitops": "uniform 4,4"}], m, floor=0.9)
+    assert band.limits["bitops"] == (0.9 * hi, hi) and band.floor == 0.9
+    assert not band.accepts({"bitops": 0.89 * hi}) and band.accepts({"bitops": 0.95 * hi})
+    (own,) = parse_budgets([{"bitops": "uniform 4,4", "floor": 0.5}], m, floor=0.9)  # the entry's own wins
+    assert own.limits["bitops"] == (0.5 * hi, hi)
+    (none,) = parse_budgets([{"bitops": "uniform 4,4", "floor": None}], m, floor=0.9)
+    assert none.limits["bitops"] == (None, hi)
+    (explicit,) = parse_budgets([{"bitops": {"max": hi, "min": 10.0}}], m, floor=0.9)  # a min is kept
+    assert explicit.limits["bitops"] == (10.0, hi)
+    assert own.name == plain.name == "bitops-w4a4"  # the floor is not part of a budget's name
+    dearest = m.extreme("bitops", largest=True)[0]
+    with pytest.raises(QsposError, match="floor or min.*the cheapest arch has"):  # a band above every arch
+        parse_budgets([{"bitops": 2 * dearest}], m, floor=0.9)
+    for bad in (0, 1.5, "high", True):
+        with pytest.raises(QsposError, match=r"search.budgets\[0\].floor: a share of the bound in \(0, 1\]"):
+            parse_budgets([{"bitops": hi, "floor": bad}], m)

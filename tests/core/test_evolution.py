@@ -46,3 +46,11 @@ def test_evolve_searches_a_budget_rejection_sampling_cannot_hit():
     assert ranked[0][1] == max(s for _, s in ranked)
     with pytest.raises(QsposError, match="nor the space's cheapest arch"):
         evolve(space, _cost, lambda a: False, _cost, settings, 2, 2, random.Random(0))
+
+
+def test_ties_go_to_the_arch_that_spends_more_of_the_budget():
+    from qspos.core.evolution import ranked
+
+    scores = {"a": 0.5, "b": 0.5, "c": 0.7, "d": 0.5}
+    cost = {"a": 10.0, "b": 30.0, "c": 1.0, "d": 30.0}
+    assert ranked(list(scores), scores, cost) == ["c", "b", "d", "a"]  # score, then cost, then digest

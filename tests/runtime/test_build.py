@@ -8,7 +8,7 @@ import qspos
 from qspos.core.cost import CostModel
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet, quant_backend
+from qspos.runtime.build import build_supernet, load_float_weights, load_supernet, quant_backend
 from qspos.runtime.checkpoint import atomic_save
 from qspos.runtime.config import load_config
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
@@ -98,3 +98,23 @@ def test_from_model_names_an_input_shape_that_is_not_one_image(shape):
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(QsposError, match=r"input_shape: give one image's \(channels, height, width\)"):
         qspos.Supernet.from_model(net, {"pairs": [[4, 4]]}, shape)
+
+
+def test_float_weights_go_into_the_leading_slices_and_set_the_thresholds(small_cfg):
+    cfg = small_cfg
+    supernet = build_supernet(cfg)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in supernet.net.state_dict().items()
+             if "_quant." not in k and k.rsplit(".", 1)[-1] in ("weight", "bias", "running_mean", "running_var")}
+    narrow = state["layer1.0.conv1.weight"][:2]  # a narrower float net fills the first channels
+    state["layer1.0.conv1.weight"] = narrow
+    path = "float.pt"  # where the state came from, for messages
+    fresh = build_supernet(cfg)
+    before = fresh.net.conv1.weight_quant.threshold.clone()
+    load_float_weights(fresh, state, path)
+    torch.testing.assert_close(fresh.net.fc.weight, state["fc.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(fresh.net.layer1[0].conv1.weight[:2], narrow, rtol=0, atol=0)
+    assert not torch.equal(fresh.net.conv1.weight_quant.threshold, before)  # thresholds follow the weights
+
+    with pytest.raises(QsposError, match="unknown"):
+        load_float_weights(build_supernet(cfg), {**state, "head.weight": torch.zeros(1)}, path)

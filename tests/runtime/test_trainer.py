@@ -10,6 +10,7 @@ from qspos.runtime.checkpoint import python_rng_state, set_python_rng_state
 from qspos.runtime.config import OptimConfig
 from qspos.runtime.distributed import Dist
 from qspos.runtime.optim import MaskedSGD, lr_factor, param_groups
+from qspos.runtime.teacher import Teacher
 from qspos.runtime.trainer import DivergedError, epoch_order, fit
 
 
@@ -121,23 +122,31 @@ class _ChannelSampler:
         set_python_rng_state(self.rng, state["rng"])
 
 
-def _fit_sampled(net, sampler, path, resume=False):
-    return fit(net, _data(), _optim(), batch_size=16, seed=0, checkpoint=path, fingerprint="f", resume=resume,
-               before_step=sampler, state={"sampler": sampler})
+def _teacher():
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval().requires_grad_(False)
+    return Teacher(net, 2.0, 0.5, "test", "t")
 
 
-def test_fit_resume_from_mid_epoch_is_exact(tmp_path):
+def _fit_sampled(net, sampler, path, resume=False, teacher=None):
+    optim = _optim(distill="teacher" if teacher else "none")
+    return fit(net, _data(), optim, batch_size=16, seed=0, checkpoint=path, fingerprint="f", resume=resume,
+               before_step=sampler, state={"sampler": sampler}, teacher=teacher)
+
+
+@pytest.mark.parametrize("teacher", [None, _teacher()], ids=["labels", "distilled"])
+def test_fit_resume_from_mid_epoch_is_exact(tmp_path, teacher):
     full = _net()
-    _fit_sampled(full, _ChannelSampler(full), tmp_path / "a.pt")
+    _fit_sampled(full, _ChannelSampler(full), tmp_path / "a.pt", teacher=teacher)
     crashed = _net()
     with pytest.raises(KeyboardInterrupt):  # after the step-4 checkpoint, in the middle of epoch 2
-        _fit_sampled(crashed, _ChannelSampler(crashed, crash_at=6), tmp_path / "b.pt")
+        _fit_sampled(crashed, _ChannelSampler(crashed, crash_at=6), tmp_path / "b.pt", teacher=teacher)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 4
     torch.manual_seed(123)  # the global RNG (augmentation) must come back from the checkpoint
     part = _net()
     sampler = _ChannelSampler(part)
     sampler.rng.seed(99)  # and so must the sampler's
-    _fit_sampled(part, sampler, tmp_path / "b.pt", resume=True)
+    _fit_sampled(part, sampler, tmp_path / "b.pt", resume=True, teacher=teacher)
     for a, b in zip(full.state_dict().values(), part.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -10,14 +10,14 @@ import torch
 from qspos.core.arch import Arch
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
-from qspos.runtime.checkpoint import atomic_save, load_checkpoint
+from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
 from qspos.runtime.data import DEBIAN_FASHION_MNIST, load_splits, make_loader, subset_in_memory
 from qspos.runtime.evaluate import evaluate_top1, recalibrate_bn
 from qspos.runtime.files import load_arch, write_json
 from qspos.runtime.trainer import fit
 from qspos.stages.evaluate import evaluate_checkpoint
-from qspos.stages.finetune import finetune, finetune_targets, init_model, load_float_weights
+from qspos.stages.finetune import finetune, finetune_targets, init_model
 from qspos.stages.search_results import BudgetResult, Candidate, SearchResult, UniformBaseline
 from qspos.stages.train import train_supernet
 from tests.helpers import make_run
@@ -97,28 +97,6 @@ def test_targets_are_each_budgets_pick_and_optionally_its_uniform_arch(tmp_path,
     assert with_uniform[1].arch == space.uniform(2, 2)
     with pytest.raises(QsposError, match="pick 2"):
         finetune_targets(cfg, run_dir, space, pick=2)
-
-
-def test_float_init_copies_a_float_state_dict_into_the_leading_slices(tmp_path, perturb):
-    cfg, _ = make_run(tmp_path, perturb)
-    supernet = build_supernet(cfg)
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v
-             for k, v in supernet.net.state_dict().items()
-             if "_quant." not in k and k.rsplit(".", 1)[-1] in ("weight", "bias", "running_mean", "running_var")}
-    narrow = state["layer1.0.conv1.weight"][:2]  # a narrower float net fills the first channels
-    state["layer1.0.conv1.weight"] = narrow
-    path = tmp_path / "float.pt"
-    atomic_save(state, path)
-    fresh = build_supernet(cfg)
-    before = fresh.net.conv1.weight_quant.threshold.clone()
-    load_float_weights(fresh, path)
-    torch.testing.assert_close(fresh.net.fc.weight, state["fc.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(fresh.net.layer1[0].conv1.weight[:2], narrow, rtol=0, atol=0)
-    assert not torch.equal(fresh.net.conv1.weight_quant.threshold, before)  # thresholds follow the weights
-
-    atomic_save({**state, "head.weight": torch.zeros(1)}, path)
-    with pytest.raises(QsposError, match="unknown"):
-        load_float_weights(build_supernet(cfg), path)
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist is not installed")

@@ -37,7 +37,7 @@ def _metrics_for(cfg, run_dir):
 
 
 def test_every_candidate_meets_its_budget_and_results_have_the_contract_format(tmp_path, perturb):
-    cfg, run_dir = make_run(tmp_path, perturb, budgets=TWO_BUDGETS, random_baseline=True, iterations=2)
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=TWO_BUDGETS, random_baseline=True, iterations=2, floor=None)
     result = search(cfg, run_dir)
 
     metrics = _metrics_for(cfg, run_dir)
@@ -58,7 +58,7 @@ def test_every_candidate_meets_its_budget_and_results_have_the_contract_format(t
     small, ranged = data["budgets"]
     assert ranged["name"] == "bitops-w4a4_bitops-min-w3a3"
     assert set(small) == {"name", "limits", "spec", "best", "uniform", "random_best", "evaluations",
-                          "random_evaluations"}
+                          "random_evaluations", "fill", "budget_use"}
     assert small["evaluations"] == small["random_evaluations"] == len(state["budgets"]["small"]["evaluated"])
     assert small["limits"]["size_bytes"] == [None, 700.0] and small["spec"] == TWO_BUDGETS[0]
     best = small["best"]
@@ -143,7 +143,7 @@ def test_resume_gives_the_same_result(tmp_path, perturb, monkeypatch):
 def test_infeasible_budget_and_missing_supernet(tmp_path, perturb):
     cfg, run_dir = make_run(tmp_path, perturb, budgets=[{"bitops": 1000}])
     with pytest.raises(QsposError, match=r"search.budgets\[0\].bitops: no arch meets bitops <= 1000; "
-                                         r"the smallest achievable is \d+"):
+                                         r"the cheapest arch has \d+"):
         search(cfg, run_dir)
     with pytest.raises(QsposError, match="no trained supernet"):
         search(cfg, tmp_path / "elsewhere")
@@ -184,3 +184,24 @@ def test_torchrun_two_processes_match_one(tmp_path, perturb):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = SearchResult.load(run_dir2 / "search" / "results.json")
     assert two == one
+
+
+def test_the_search_spends_its_budget_inside_the_band(tmp_path, perturb):
+    """With the default floor (0.9), every arch the evolution and the random search evaluate lies
+    in [0.9 x bound, bound]: none wanders below the budget."""
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=[{"name": "w4a4", "bitops": "uniform 4,4"}],
+                            random_baseline=True, iterations=2)
+    assert cfg.search.floor == 0.9
+    search(cfg, run_dir)
+    metrics = _metrics_for(cfg, run_dir)
+    hi = metrics(metrics.space.uniform(4, 4))["bitops"]
+    state = load_checkpoint(run_dir / "search" / "state.pt")
+    digests = state["budgets"]["w4a4"]["evaluated"] + state["budgets"]["w4a4"]["random"]
+    costs = [metrics(Arch.from_dict(state["archs"][d]))["bitops"] for d in digests]
+    assert costs and all(0.9 * hi <= c <= hi for c in costs)
+    (b,) = SearchResult.load(run_dir / "search" / "results.json").budgets
+    fill = state["budgets"]["w4a4"]["fill"]
+    assert b.best[0].digest == fill["pick"] and b.fill == fill["steps"]  # the filled pick comes first
+    assert 0.9 <= b.budget_use <= 1 and b.budget_use == b.best[0].bitops / hi
+    for step in b.fill:  # each kept raise stayed in budget, within the pick's noise
+        assert step["cost"] <= hi

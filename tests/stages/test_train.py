@@ -11,7 +11,8 @@ import yaml
 
 from qspos.cli import main
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.build import build_supernet, float_model, load_supernet
+from qspos.runtime.config import load_config
 from qspos.runtime.data import load_splits
 from qspos.runtime.sampler import PathSampler
 from qspos.runtime.trainer import DivergedError, fit
@@ -88,8 +89,14 @@ def _wait(proc: subprocess.Popen, out: Path) -> None:
 
 @pytest.mark.slow  # three processes (15 s on idle cores, 45 s on busy ones); the fast guard is
 # tests/test_trainer.py::test_fit_resume_from_mid_epoch_is_exact
-def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("distill", [False, True], ids=["labels", "distilled"])
+def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, distill):
     cfg_file = _config_file(tmp_path)
+    if distill:  # learning from a float teacher (float.checkpoint) as well as from the labels
+        cfg = train_config()
+        teacher = tmp_path / "teacher.pt"
+        torch.save(float_model(cfg).state_dict(), teacher)
+        cfg_file.write_text(load_config(cfg, ["train.distill=teacher", f"float.checkpoint={teacher}"]).to_yaml())
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     ref = _train(cfg_file, whole)
     proc = _train(cfg_file, killed)

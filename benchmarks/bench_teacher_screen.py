@@ -1,0 +1,153 @@
+"""Screen the float teacher's levers on the cheapest signal (issue 24): uniform W2A2 fine-tuned from
+supernets trained with and without the teacher, each fine-tuned with and without distillation.
+
+Arms (one seed; each supernet in its own run directory under ``--work``):
+
+- ``none``: today's supernet (from scratch, labels only);
+- ``teacher``: the supernet starts from the teacher's weights and learns from its logits
+  (``train.init: teacher``, ``train.distill: teacher``).
+
+Each arm's uniform W2A2 net is fine-tuned twice: on the labels (``uniform-w2a2``) and with
+``finetune.distill: teacher`` (``uniform-w2a2-kd``). The teacher is a finished ``qspos float`` run
+(``--teacher RUN/float/model.pt``, passed as ``float.checkpoint``). Finished pieces are skipped,
+so the script continues where a killed one stopped.
+
+    .venv/bin/python benchmarks/bench_teacher_screen.py configs/fashion_mnist.yaml \\
+        --teacher runs/kd0/float/model.pt --work runs/screen [--seed 0] [--set key=value ...]
+
+Writes benchmarks/results/levers/teacher_screen.{json,md} (command, commit, machine, wall time;
+partial results are marked partial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from qspos.core.stats import binomial_se
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import Config, load_config
+from qspos.runtime.provenance import git_commit, machine
+from qspos.runtime.rundir import RunDir
+from qspos.stages.finetune import Target, finetune
+from qspos.stages.float_baseline import FloatResult
+from qspos.stages.train import train_supernet
+
+RESULTS = Path(__file__).parent / "results" / "levers"
+ARMS = {"none": [], "teacher": ["train.init=teacher", "train.distill=teacher"]}
+FINETUNES = {"uniform-w2a2": [], "uniform-w2a2-kd": ["finetune.distill=teacher"]}
+
+
+def arm_config(base: Config, arm: str, finetune_name: str) -> Config:
+    return load_config(base, ARMS[arm] + FINETUNES[finetune_name])
+
+
+def supernet_record(run: RunDir) -> dict | None:
+    """The arm's supernet training, from its metrics (None until it is finished)."""
+    if not run.supernet.is_file():
+        return None
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    train = [r for r in rows if r.get("stage") == "train"]
+    done = [r for r in train if "val_top1_max" in r]
+    if not done:
+        return None
+    steps = [r for r in train if "img_s" in r]
+    return {"val_top1_max": done[-1]["val_top1_max"], "val_top1_min": done[-1]["val_top1_min"],
+            "img_s_median": sorted(r["img_s"] for r in steps)[len(steps) // 2] if steps else None}
+
+
+def run_arm(base: Config, arm: str, work: Path, ledger: dict) -> None:
+    run = RunDir(work / arm)
+    if supernet_record(run) is None:
+        t0 = time.perf_counter()
+        train_supernet(arm_config(base, arm, "uniform-w2a2"), run, resume=run.supernet.is_file())
+        ledger[f"{arm}/supernet"] = round(time.perf_counter() - t0, 1)
+    for name in FINETUNES:
+        if run.net(name).result.is_file():
+            continue
+        cfg = arm_config(base, arm, name)
+        t0 = time.perf_counter()
+        finetune(cfg, run, resume=True, targets=[Target(name, build_supernet(cfg).space.uniform(2, 2))])
+        ledger[f"{arm}/{name}"] = round(time.perf_counter() - t0, 1)
+
+
+def collect(work: Path, teacher: Path) -> dict:
+    arms = {}
+    for arm in ARMS:
+        run = RunDir(work / arm)
+        nets = {}
+        for name in FINETUNES:
+            if run.net(name).result.is_file():
+                r = json.loads(run.net(name).result.read_text())
+                nets[name] = {k: r[k] for k in ("val_top1_before", "val_top1", "test_top1", "bitops", "steps",
+                                                "train_seconds")}
+                nets[name]["test_se"] = binomial_se(r["test_top1"], r.get("test_images") or 10000)
+        arms[arm] = {"supernet": supernet_record(run), "nets": nets}
+    float_result = teacher.parent / "result.json"
+    return {"teacher": FloatResult.load(float_result).to_dict() if float_result.is_file() else None, "arms": arms}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Float-teacher screen: uniform W2A2 on ResNet-14 / Fashion-MNIST, seed {result['seed']}"
+             + (" (partial)" if result["partial"] else ""), ""]
+    t = result["teacher"]
+    if t:
+        lines += [f"Teacher: float ResNet-14, {t['steps']} steps, test top-1 {_pct(t['test_top1'])} %, "
+                  f"val top-1 {_pct(t['val_top1'])} %.", ""]
+    lines += ["| supernet | fine-tuning | supernet val max / min | val before | val after | test top-1 ± SE |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for arm, a in result["arms"].items():
+        s = a["supernet"] or {}
+        for name in FINETUNES:
+            n = a["nets"].get(name)
+            kd = "labels + KD" if name.endswith("-kd") else "labels"
+            cells = (f"{_pct(n['val_top1_before'])} | {_pct(n['val_top1'])} | "
+                     f"{_pct(n['test_top1'])} ± {_pct(n['test_se'])}") if n else "– | – | –"
+            lines.append(f"| {arm} | {kd} | {_pct(s.get('val_top1_max'))} / {_pct(s.get('val_top1_min'))} "
+                         f"| {cells} |")
+    speeds = {arm: (a["supernet"] or {}).get("img_s_median") for arm, a in result["arms"].items()}
+    if all(speeds.values()):
+        lines += ["", f"Supernet step cost with the teacher: {speeds['none'] / speeds['teacher']:.2f}x today's "
+                      f"(median img/s {speeds['none']:.0f} against {speeds['teacher']:.0f}, same machine)."]
+    lines += ["", f"- command: `{result['command']}`", f"- commit: `{result['commit']}`",
+              f"- machine: {result['machine']}", f"- date: {result['date']}",
+              f"- wall time of this invocation's pieces (s): {json.dumps(result['ledger'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--teacher", required=True, type=Path, help="the teacher: a finished float/model.pt")
+    parser.add_argument("--work", default="runs/screen", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}",
+                                     f"float.checkpoint={args.teacher}", *args.overrides])
+    ledger: dict = {}
+    info = {"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "commit": git_commit(),
+            "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if not args.report_only:
+        for arm in ARMS:
+            run_arm(base, arm, args.work, ledger)
+    result = {**info, "seed": args.seed, "ledger": ledger, **collect(args.work, args.teacher)}
+    result["partial"] = any(len(a["nets"]) < len(FINETUNES) for a in result["arms"].values())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "teacher_screen.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / "teacher_screen.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
