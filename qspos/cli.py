@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("run", help="train -> search -> finetune -> eval -> export -> report"))
     _common(sub.add_parser("train", help="train the supernet with uniform path sampling"))
     _common(sub.add_parser("search", help="evolutionary search under the configured budgets"))
+    _common(sub.add_parser("sensitivity", help="per choice point sensitivity table and its allocation per budget"),
+            resume=False)
     p = sub.add_parser("finetune", help="fine-tune the chosen archs as standalone Brevitas nets")
     _common(p)
     g = p.add_mutually_exclusive_group()
@@ -206,6 +208,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from qspos.stages.sensitivity import sensitivity
+
+    sensitivity(cfg, args.out)
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from qspos.runtime.files import load_arch
 
@@ -335,7 +345,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "finetune": cmd_finetune, "float": cmd_float,
+    "cost": cmd_cost, "train": cmd_train, "search": cmd_search, "sensitivity": cmd_sensitivity,
+    "finetune": cmd_finetune, "float": cmd_float,
     "eval": cmd_eval,
     "export": cmd_export, "run": cmd_run, "latency": cmd_latency, "space": cmd_space, "bench": cmd_bench,
 }

@@ -42,7 +42,7 @@ class ArchMetrics:
         key = (metric, largest)
         if key not in self._extremes:
             best = dict(self.space.extremes()[0])
-            for group in self._groups():
+            for group in self.groups():
                 domains = [self.space[name].domain for name in group]
                 if math.prod(len(d) for d in domains) > _MAX_COMPONENT:
                     raise QsposError(f"choice points {group} are too entangled to bound {metric} exactly")
@@ -56,8 +56,9 @@ class ArchMetrics:
             self._extremes[key] = (self(arch)[metric], arch)
         return self._extremes[key]
 
-    def _groups(self) -> list[list[str]]:
-        """Choice points partitioned by the layers that link them (union-find)."""
+    def groups(self) -> list[list[str]]:
+        """Choice points partitioned by the layers that link them (union-find): every metric is a
+        sum of one term per group, each a function of that group's choices alone."""
         parent = {name: name for name in self.space.names}
 
         def root(n: str) -> str:

@@ -138,6 +138,10 @@ class FloatConfig(OptimConfig):
 @dataclass
 class SearchConfig:
     budgets: list[dict[str, Any]] = field(default_factory=list)
+    # what picks each budget's arch: the paper's evolution, the random search, or the sensitivity
+    # allocation (per choice point drops, then an exact knapsack: qspos.core.sensitivity)
+    method: Literal["evolution", "random", "sensitivity"] = "evolution"
+    sensitivity_seed: bool = False  # the sensitivity allocation joins the evolution's first generation
     # each budget's band: min = floor x max for every bound without its own min (a budget entry's
     # own floor wins; null: no floor), so the search spends its budget
     floor: float | None = 0.9

@@ -45,10 +45,11 @@ from qspos.runtime.files import atomic_path, write_json, write_text
 from qspos.runtime.progress import console
 from qspos.runtime.provenance import git_commit, machine
 from qspos.runtime.rundir import NetDir, RunDir
+from qspos.stages.budgets import search_budgets
 from qspos.stages.finetune import FinetuneResult, Target, finetune
 from qspos.stages.float_baseline import FloatResult, train_float
 from qspos.stages.run import search_complete, supernet_complete
-from qspos.stages.search import evaluations, search, search_budgets
+from qspos.stages.search import evaluations, search
 from qspos.stages.search_results import SearchResult
 from qspos.stages.train import check_trained, train_supernet
 

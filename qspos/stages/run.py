@@ -19,11 +19,12 @@ from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.progress import ScoreFormat, console, stdout
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.runtime.teacher import needs_teacher, trains_teacher
+from qspos.stages.budgets import require_budgets
 from qspos.stages.export import ExportResult, export, export_table
 from qspos.stages.finetune import FinetuneResult, finetune, results_table
 from qspos.stages.float_baseline import train_float
 from qspos.stages.report import write_report
-from qspos.stages.search import SearchResult, require_budgets, search, state_fingerprint
+from qspos.stages.search import SearchResult, search, state_fingerprint
 from qspos.stages.train import TrainResult, check_trained, train_supernet
 
 

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from qspos.core.arch import Arch
-from qspos.core.budget import Budget, parse_budgets
-from qspos.core.cost import CostModel
+from qspos.core.budget import Budget
 from qspos.core.evolution import Accept, breed, initial_population, random_archs, ranked
 from qspos.core.fill import fill
-from qspos.core.metrics import ArchMetrics
 from qspos.core.stats import binomial_se
-from qspos.core.supernet import Supernet
 from qspos.errors import QsposError
 from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_state, set_python_rng_state
@@ -32,25 +29,12 @@ from qspos.runtime.evaluate import search_evaluator
 from qspos.runtime.files import write_json, write_text
 from qspos.runtime.progress import ScoreFormat, console, progress_bar, table
 from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
-from qspos.stages.latency import load_latency_table
+from qspos.stages.budgets import search_budgets
 from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
 from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
+from qspos.stages.sensitivity import measure_and_allocate, sensitivity_markdown, sensitivity_plot
 
 STATE_VERSION = 1
-
-
-def require_budgets(cfg: Config) -> None:
-    if not cfg.search.budgets:
-        raise QsposError('search.budgets is empty: give at least one, e.g. {bitops: "uniform 4,4"}')
-
-
-def search_budgets(cfg: Config, supernet: Supernet) -> tuple[ArchMetrics, list[Budget]]:
-    """The metrics and budgets of ``cfg.search``: refused unless at least one budget is given and
-    every one is syntactically sound and achievable in the space (checked before training too)."""
-    require_budgets(cfg)
-    latency = load_latency_table(cfg.search.latency_table) if cfg.search.latency_table else None
-    metrics = ArchMetrics(CostModel(supernet, cfg.input_shape), latency)
-    return metrics, parse_budgets(cfg.search.budgets, metrics, floor=cfg.search.floor)
 
 
 def state_fingerprint(cfg: Config) -> str:
@@ -140,14 +124,17 @@ class _Search:
 
     # ------------------------------------------------------------------ one budget
 
-    def evolve(self, budget: Budget, bar, task) -> None:
-        """The evolution under ``budget``, continuing from its saved state."""
+    def evolve(self, budget: Budget, bar, task, seed: Arch | None = None) -> None:
+        """The evolution under ``budget``, continuing from its saved state; ``seed`` (e.g. the
+        sensitivity allocation) joins its first generation."""
         bs = self.state["budgets"].setdefault(budget.name, {})
         accept = self.accept_fn(budget)
         rng = random.Random(f"{self.scfg.seed}:evolution:{budget.name}")
         if "rng" not in bs:
             population = initial_population(self.space, rng, accept, self.scfg.population, self.scfg.max_tries,
                                             seeds=self.extreme_archs(budget))
+            if seed is not None and accept(seed) and seed.digest() not in {a.digest() for a in population}:
+                population = [seed, *population][: max(1, self.scfg.population)]
             if not population:
                 raise QsposError(
                     f"budget {budget.name}: no arch in {self.scfg.max_tries} uniform samples meets all its "
@@ -184,9 +171,10 @@ class _Search:
         """Raise the evolution's pick while it stays in the budget and its score within its noise
         (``qspos.core.fill``); the steps are kept in the state, so a resumed search skips it."""
         bs = self.state["budgets"][budget.name]
-        if "fill" in bs or not bs["evaluated"]:
+        pool = self.pool(bs)
+        if "fill" in bs or not pool:
             return
-        start = self.ranked(bs["evaluated"])[0]
+        start = self.ranked(pool)[0]
         score = self.state["cache"][start]
         noise = binomial_se(score, self.val_images) if ScoreFormat(self.cfg.score).accuracy else 0.0
         arch, steps = fill(self.space, Arch.from_dict(self.state["archs"][start]), score, self.evaluate,
@@ -197,20 +185,41 @@ class _Search:
             console.print(f"budget {budget.name}: the fill step raised {len(steps)} choice(s), "
                           f"{self.bitops(start) / 1e6:.1f} -> {self.bitops(arch.digest()) / 1e6:.1f} M BitOps")
 
+    def sensitivity(self) -> dict[str, Arch]:
+        """The sensitivity table and each budget's allocation (its probes go through the shared,
+        saved cache, so a resumed search does not measure them again); written beside the
+        search's results."""
+        result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets)
+        for name, arch in result.allocations.items():
+            self.state["budgets"].setdefault(name, {"evaluated": [], "random": None})["sensitivity"] = [arch.digest()]
+        self._save()
+        if self.main:
+            fmt = ScoreFormat(self.cfg.score)
+            write_json(self.run.search / "sensitivity.json", result.to_dict())
+            write_text(self.run.search / "sensitivity.md", sensitivity_markdown(result, self.space, fmt))
+            sensitivity_plot(self.run.search / "sensitivity.png", result, self.space, fmt)
+        return result.allocations
+
+    def pool(self, bs: dict) -> list[str]:
+        """The evaluated archs the ``search.method`` picks from, under one budget."""
+        return {"evolution": bs.get("evaluated"), "random": bs.get("random"),
+                "sensitivity": bs.get("sensitivity")}[self.scfg.method] or []
+
     def random_search(self, budget: Budget, bar, task) -> None:
-        """Random archs in ``budget``, as many as the evolution evaluated (the baseline)."""
-        bs = self.state["budgets"][budget.name]
+        """Random archs in ``budget``: as many as the evolution evaluated (its baseline), or as
+        many as it would (``search.method: random``)."""
+        bs = self.state["budgets"].setdefault(budget.name, {"evaluated": [], "random": None})
+        count = len(bs["evaluated"]) or self.scfg.population * self.scfg.iterations
         if bs["random"] is None:
             rng = random.Random(f"{self.scfg.seed}:random:{budget.name}")
-            archs = random_archs(self.space, rng, self.accept_fn(budget), set(), len(bs["evaluated"]),
-                                 self.scfg.max_tries)
+            archs = random_archs(self.space, rng, self.accept_fn(budget), set(), count, self.scfg.max_tries)
             for a in archs:
                 self.state["archs"].setdefault(a.digest(), a.to_dict())
             bs["random"] = [a.digest() for a in archs]
             self._save()
-            if len(archs) < len(bs["evaluated"]) and self.main:
+            if len(archs) < count and self.main:
                 console.print(f"[yellow]budget {budget.name}: random search found {len(archs)} of "
-                              f"{len(bs['evaluated'])} archs in {self.scfg.max_tries} samples; its baseline is weaker")
+                              f"{count} archs in {self.scfg.max_tries} samples; its baseline is weaker")
         digests = bs["random"]
         step = self.scfg.population
         bar.update(task, total=max(1, -(-len(digests) // step)))
@@ -255,7 +264,7 @@ class _Search:
         for b in self.budgets:
             bs = self.state["budgets"][b.name]
             rand = bs["random"] or []
-            picks = self.ranked(bs["evaluated"])
+            picks = self.ranked(self.pool(bs))
             if "fill" in bs:  # the filled pick first, then the evolution's best
                 picks = [bs["fill"]["pick"]] + [d for d in picks if d != bs["fill"]["pick"]]
             budgets.append(BudgetResult(
@@ -274,7 +283,8 @@ class _Search:
             for d, top1 in self.state["cache"].items()
             for arch in [Arch.from_dict(self.state["archs"][d])]
         ]
-        return SearchResult(budgets, pareto_front(points), len(self.state["cache"]), self.val_images), points
+        return SearchResult(budgets, pareto_front(points), len(self.state["cache"]), self.val_images,
+                            self.scfg.method), points
 
     def write(self, result: SearchResult, points: list[ParetoPoint]) -> None:
         write_json(self.run.search_results, result.to_dict())
@@ -298,15 +308,18 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
     same result as an uninterrupted one.
     """
     s = _Search(cfg, RunDir.of(cfg, run_dir), resume)
+    method = s.scfg.method
     uniforms: dict[str, UniformBaseline | None] = {}
+    allocated = s.sensitivity() if method == "sensitivity" or s.scfg.sensitivity_seed else {}
     with progress_bar(enabled=s.main, interval_s=cfg.log.interval_s) as bar:
         for b in s.budgets:
-            task = bar.add_task(f"evolution {b.name}", total=s.scfg.iterations, info="")
-            s.evolve(b, bar, task)
+            if method == "evolution":
+                task = bar.add_task(f"evolution {b.name}", total=s.scfg.iterations, info="")
+                s.evolve(b, bar, task, seed=allocated.get(b.name) if s.scfg.sensitivity_seed else None)
+            if s.scfg.random_baseline or method == "random":
+                s.random_search(b, bar, bar.add_task(f"random {b.name}", total=1, info=""))
             if s.scfg.fill:
                 s.fill(b)
-            if s.scfg.random_baseline:
-                s.random_search(b, bar, bar.add_task(f"random {b.name}", total=1, info=""))
             uniforms[b.name] = s.uniform_baseline(b)
     s._save()
     result, points = s.result(uniforms)

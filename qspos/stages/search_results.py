@@ -123,10 +123,11 @@ class SearchResult:
     pareto: list[ParetoPoint]  # of everything evaluated: val top-1 against BitOps
     evaluations: int
     val_images: int | None = None  # images each candidate's val top-1 was measured on
+    method: str = "evolution"  # what picked each budget's arch (search.method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"budgets": [b.to_dict() for b in self.budgets], "pareto": [p.to_dict() for p in self.pareto],
-                "evaluations": self.evaluations, "val_images": self.val_images}
+                "evaluations": self.evaluations, "val_images": self.val_images, "method": self.method}
 
     def budget(self, name: str) -> BudgetResult:
         for b in self.budgets:
@@ -150,6 +151,7 @@ class SearchResult:
         try:
             d = json.loads(path.read_text())
             return cls([BudgetResult.from_dict(b) for b in d["budgets"]],
-                       [ParetoPoint.from_dict(p) for p in d["pareto"]], d["evaluations"], d.get("val_images"))
+                       [ParetoPoint.from_dict(p) for p in d["pareto"]], d["evaluations"], d.get("val_images"),
+                       d.get("method", "evolution"))
         except (ValueError, KeyError, TypeError, AttributeError, QsposError):
             raise QsposError(f"{path} is not a qspos search results file") from None

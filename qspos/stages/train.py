@@ -26,7 +26,7 @@ from qspos.runtime.rundir import SUPERNET_SECTIONS, RunDir, data_identity, finge
 from qspos.runtime.sampler import make_sampler
 from qspos.runtime.teacher import Teacher, load_teacher
 from qspos.runtime.trainer import FitResult, check_finished, claim_checkpoint, fit, training_recipe
-from qspos.stages.search import search_budgets
+from qspos.stages.budgets import search_budgets
 
 
 @dataclass

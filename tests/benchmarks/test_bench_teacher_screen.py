@@ -14,15 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_teacher_screen as screen  # noqa: E402
 
-TINY = {
-    "name": "tiny", "seed": 0,
-    "model": {"name": "resnet_small", "num_classes": 4, "in_channels": 1, "input_size": 8,
-              "args": {"depth": 8, "widths": [4, 8, 8]}},
-    "space": {"weight_bits": [2, 4], "act_bits": [2, 4], "width_multipliers": [0.5, 1.0]},
-    "data": {"dataset": "synthetic", "synthetic_size": 64, "val_size": 16, "batch_size": 16, "eval_batch_size": 64},
-    "float": {"max_steps": 2}, "train": {"max_steps": 2, "warmup_epochs": 0, "threshold_init_batches": 1},
-    "search": {"calib_images": 16}, "finetune": {"max_steps": 1, "warmup_epochs": 0}, "log": {"interval_s": 1000},
-}
+from tests.benchmarks.test_bench_accuracy import TINY as ACCURACY_TINY  # noqa: E402
+
+# the accuracy benchmark's tiny config, with a float recipe and without the search
+TINY = {**{k: v for k, v in ACCURACY_TINY.items() if k != "search"}, "float": {"max_steps": 2},
+        "search": {"calib_images": 16}, "finetune": {"max_steps": 1, "warmup_epochs": 0}}
 
 
 def test_the_screen_runs_every_arm_once_and_reports_it(tmp_path, monkeypatch):

@@ -52,7 +52,7 @@ def test_every_candidate_meets_its_budget_and_results_have_the_contract_format(t
     assert result.evaluations == len(state["cache"])
 
     data = json.loads((run_dir / "search" / "results.json").read_text())
-    assert set(data) == {"budgets", "pareto", "evaluations", "val_images"}
+    assert set(data) == {"budgets", "pareto", "evaluations", "val_images", "method"}
     assert data["val_images"] == cfg.search.val_images  # what each val top-1 was measured on
     assert SearchResult.load(run_dir / "search" / "results.json") == result
     small, ranged = data["budgets"]

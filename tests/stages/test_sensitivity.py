@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from qspos.cli import main
+from qspos.core.arch import Arch
+from qspos.runtime.checkpoint import load_checkpoint
+from qspos.runtime.config import load_config
+from qspos.stages.search import search
+from tests.helpers import make_run
+
+BUDGETS = [{"name": "w2a2", "bitops": "uniform 2,2"}, {"name": "w4a4", "bitops": "uniform 4,4"}]
+
+
+def test_the_sensitivity_command_writes_its_table_and_allocations(tmp_path, perturb, capsys):
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=BUDGETS)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.to_yaml())
+    assert main(["sensitivity", str(path), "--out", str(run_dir)]) == 0
+    data = json.loads((run_dir / "search" / "sensitivity.json").read_text())
+    assert set(data["allocations"]) == {"w2a2", "w4a4"}
+    for drops in data["drops"].values():
+        assert len(drops) == 8 and any(d["drop"] == 0.0 for d in drops)  # the top choice loses nothing
+    assert (run_dir / "search" / "sensitivity.md").read_text().count("| layer") == 3
+    assert (run_dir / "search" / "sensitivity.png").stat().st_size > 0
+    assert "drop, one choice point lowered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["sensitivity", "random"])
+def test_the_search_method_picks_each_budgets_arch(tmp_path, perturb, method):
+    cfg, run_dir = make_run(tmp_path, perturb, [f"search.method={method}", "search.fill=false"], budgets=BUDGETS)
+    result = search(cfg, run_dir)
+    assert result.method == method
+    state = load_checkpoint(run_dir / "search" / "state.pt")
+    for b in result.budgets:
+        bs = state["budgets"][b.name]
+        assert bs["evaluated"] == []  # no evolution ran
+        pool = bs["sensitivity"] if method == "sensitivity" else bs["random"]
+        assert b.best[0].digest in pool
+    if method == "sensitivity":
+        data = json.loads((run_dir / "search" / "sensitivity.json").read_text())
+        assert {b.name: b.best[0].digest for b in result.budgets} == {
+            name: a["digest"] for name, a in data["allocations"].items()}
+
+
+def test_the_allocation_seeds_the_evolutions_first_generation(tmp_path, perturb):
+    cfg, run_dir = make_run(tmp_path, perturb, ["search.sensitivity_seed=true"], budgets=BUDGETS)
+    search(cfg, run_dir)
+    state = load_checkpoint(run_dir / "search" / "state.pt")
+    data = json.loads((run_dir / "search" / "sensitivity.json").read_text())
+    for name, alloc in data["allocations"].items():
+        first = state["budgets"][name]["evaluated"][: cfg.search.population]
+        assert alloc["digest"] in first
+        assert Arch.from_dict(alloc["arch"]).digest() == alloc["digest"]
+    assert load_config(cfg).search.method == "evolution"
