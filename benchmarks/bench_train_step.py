@@ -1,6 +1,7 @@
 """Supernet training-step cost against (a) the fixed-arch Brevitas net of the same arch
-(``supernet.extract(arch)``) and (b) the float net of that arch (plain Conv2d/Linear copies).
-Target: supernet step <= 1.10x the fixed-arch Brevitas step.
+(``supernet.extract(arch)``) and (b) the float net of that arch (plain Conv2d/Linear copies), and
+the distilled supernet step (``train.distill: teacher``) against the plain one.
+Targets: supernet step <= 1.10x the fixed-arch Brevitas step; distilled <= 1.5x the plain step.
 
 The supernet step is the real one of ``qspos train``: activate the path, forward, label-smoothed
 loss, backward, ``MaskedSGD`` on the active parts. The two baselines take ``torch.optim.SGD``.
@@ -31,9 +32,10 @@ from bench_cost import machine
 from brevitas.nn import QuantConv2d, QuantLinear
 from torch import nn
 
-from qspos.runtime.build import build_supernet
+from qspos.runtime.build import build_supernet, float_model
 from qspos.runtime.config import load_config
 from qspos.runtime.optim import MaskedSGD, param_groups
+from qspos.runtime.teacher import Teacher
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -100,6 +102,19 @@ def main() -> None:
             opt_super.step(active)
         return step
 
+    teacher = Teacher(float_model(cfg).eval().requires_grad_(False), t.distill_temperature, t.distill_weight,
+                      "a float net of the config's model", "")
+
+    def step_distilled(backend: str):  # the real step of train.distill: teacher (its forward included)
+        def step() -> None:
+            supernet.set_quant_backend(backend)
+            supernet.set_arch(arch)
+            active = supernet.active_slices()
+            opt_super.zero_grad(set_to_none=True)
+            teacher.loss(x, supernet(x), y, t.label_smoothing).backward()
+            opt_super.step(active)
+        return step
+
     def step_plain(model: nn.Module, opt: torch.optim.Optimizer):
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -108,6 +123,8 @@ def main() -> None:
         return step
 
     steps = {f"supernet ({b})": step_super(b) for b in backends}
+    distilled = f"supernet ({backends[0]}, teacher KD)"
+    steps[distilled] = step_distilled(backends[0])
     steps.update({"fixed_brevitas": step_plain(static, opt_static), "float": step_plain(plain, opt_float)})
     for model in (supernet, static, plain):
         model.train()
@@ -131,6 +148,8 @@ def main() -> None:
         "supernet_over_fixed_brevitas": {b: round(ms[f"supernet ({b})"] / ms["fixed_brevitas"], 3) for b in backends},
         "supernet_over_float": {b: round(ms[f"supernet ({b})"] / ms["float"], 3) for b in backends},
         "fixed_brevitas_over_float": round(ms["fixed_brevitas"] / ms["float"], 3),
+        "distilled_over_supernet": round(ms[distilled] / ms[first], 3),
+        "target_distilled_over_supernet": 1.5,
         "target_supernet_over_fixed_brevitas": 1.10,
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info,
@@ -147,7 +166,10 @@ def main() -> None:
         f"input {'x'.join(map(str, cfg.input_shape))}, batch {batch}, {result['threads']} threads)\n\n"
         "| model | ms/step (median) | images/s | / fixed Brevitas | / float |\n| --- | ---: | ---: | ---: | ---: |\n"
         f"{rows}\n\nTarget supernet ({backends[0]} backend) <= 1.10x fixed-arch Brevitas: {met} "
-        f"({ratio:.3f}x). Arch (seed {args.seed}): `{json.dumps(arch.to_dict())}`\n\n"
+        f"({ratio:.3f}x). A distilled step (`train.distill: teacher`, the float teacher's forward included) "
+        f"costs {ms[distilled] / ms[first]:.3f}x the plain supernet step (target <= 1.5x: "
+        f"{'met' if ms[distilled] / ms[first] <= 1.5 else 'NOT met'}). Arch (seed {args.seed}): "
+        f"`{json.dumps(arch.to_dict())}`\n\n"
         f"- command: `{result['command']}`\n- machine: {machine_info}\n- date: {result['date']}\n"
     )
     print((RESULTS / f"{args.name}.md").read_text())

@@ -98,6 +98,7 @@ def train_float(cfg: Config, run_dir: str | Path | RunDir | None = None, resume:
             resume=resume, recipe=data_identity(cfg),
             metrics=run.metrics_log(cfg, "float", enabled=dist.main), dist=dist, device=device,
             workers=d.workers, desc="float", progress_interval_s=cfg.log.interval_s,
+            on_ready=(lambda: run.record_config(cfg)) if dist.main else None,
         )
         steps, seconds = res.steps, round(res.seconds, 1)
     else:  # a pretrained teacher: measured as it is

@@ -98,6 +98,7 @@ def test_qspos_float_trains_the_teacher_with_its_own_recipe_or_keeps_a_pretraine
     cfg = train_config("float.max_steps=3", "finetune.max_steps=1")
     trained = train_float(cfg, tmp_path / "trained")
     assert trained.steps == 3 and trained.source is None  # the float section's recipe, not finetune's
+    assert (tmp_path / "trained" / "config.yaml").is_file()
     path, model = _teacher_file(cfg, tmp_path)
     kept = train_float(load_config(cfg, [f"float.checkpoint={path}"]), tmp_path / "kept")
     assert kept.steps == 0 and kept.source == str(path)
