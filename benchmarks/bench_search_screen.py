@@ -8,8 +8,8 @@ under ``--work``; finished pieces are skipped, so a killed screen continues.
     .venv/bin/python benchmarks/bench_search_screen.py configs/fashion_mnist.yaml \\
         --supernet runs/screen/teacher/supernet.pt --budget w2a2 --work runs/search_screen [--set ...]
 
-Writes benchmarks/results/levers/search_screen.{json,md} (command, commit, machine, wall time;
-partial results are marked partial).
+Writes benchmarks/results/levers/NAME.{json,md} (``--name``, default ``search_screen``; command,
+commit, machine, wall time; partial results are marked partial).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--name", default="search_screen", help="results file stem under results/levers/")
     args = parser.parse_args()
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}", "search.random_baseline=false",
                                      *args.overrides])
@@ -127,8 +128,8 @@ def main() -> None:
     result = {**info, "seed": args.seed, "supernet": str(args.supernet), "ledger": ledger, "arms": arms,
               "partial": partial}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search_screen.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "search_screen.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 
