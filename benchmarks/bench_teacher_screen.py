@@ -15,8 +15,8 @@ so the script continues where a killed one stopped.
     .venv/bin/python benchmarks/bench_teacher_screen.py configs/fashion_mnist.yaml \\
         --teacher runs/kd0/float/model.pt --work runs/screen [--seed 0] [--set key=value ...]
 
-Writes benchmarks/results/levers/teacher_screen.{json,md} (command, commit, machine, wall time;
-partial results are marked partial).
+Writes benchmarks/results/levers/NAME.{json,md} (``--name``, default ``teacher_screen``; command,
+commit, machine, wall time; partial results are marked partial).
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--name", default="teacher_screen", help="results file stem under results/levers/")
     args = parser.parse_args()
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}",
                                      f"float.checkpoint={args.teacher}", *args.overrides])
@@ -144,8 +145,8 @@ def main() -> None:
     result = {**info, "seed": args.seed, "ledger": ledger, **collect(args.work, args.teacher)}
     result["partial"] = any(len(a["nets"]) < len(FINETUNES) for a in result["arms"].values())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "teacher_screen.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "teacher_screen.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 
