@@ -14,24 +14,20 @@ commit, machine, wall time; partial results are marked partial).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _screen import RESULTS, provenance, provenance_lines, screen_parser, write_results
 
 from qspos.core.stats import binomial_se
 from qspos.runtime.config import Config, load_config
-from qspos.runtime.provenance import git_commit, machine
 from qspos.runtime.rundir import RunDir
 from qspos.stages.finetune import Target, finetune
 from qspos.stages.search import search
 from qspos.stages.search_results import SearchResult
 
-RESULTS = Path(__file__).parent / "results" / "levers"
 ARMS = {
     "evolution (no band, no fill)": ["search.floor=null", "search.fill=false"],
     "evolution + band 0.9 + fill": [],
@@ -95,22 +91,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {arm} | {name} | {b['bitops'] / 1e6:.1f} | {100 * b['budget_use']:.0f} % "
                          f"| {b['fill_steps'] if b['fill_steps'] is not None else '–'} | {b['evaluations']} "
                          f"| {100 * b['search_val_top1']:.2f} | {val} | {test} |")
-    lines += ["", f"- command: `{result['command']}`", f"- commit: `{result['commit']}`",
-              f"- machine: {result['machine']}", f"- date: {result['date']}",
-              f"- wall time of this invocation's pieces (s): {json.dumps(result['ledger'])}"]
+    lines += provenance_lines(result)
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
+    parser = screen_parser(__doc__, "runs/search_screen", "search_screen")
     parser.add_argument("--supernet", required=True, type=Path, help="a finished supernet.pt of this config")
     parser.add_argument("--budget", default=None, help="search only this budget of the config")
-    parser.add_argument("--work", default="runs/search_screen", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--name", default="search_screen", help="results file stem under results/levers/")
     args = parser.parse_args()
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}", "search.random_baseline=false",
                                      *args.overrides])
@@ -118,8 +106,7 @@ def main() -> None:
         kept = [b for b in base.search.budgets if b.get("name") == args.budget]
         base = load_config(base, [f"search.budgets={json.dumps(kept)}"])
     ledger: dict = {}
-    info = {"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "commit": git_commit(),
-            "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    info = provenance()
     if not args.report_only:
         for arm in ARMS:
             run_arm(base, arm, args.work, args.supernet, ledger)
@@ -127,10 +114,7 @@ def main() -> None:
     partial = any(b is None or any("test_top1" not in x for x in b.values()) for b in arms.values())
     result = {**info, "seed": args.seed, "supernet": str(args.supernet), "ledger": ledger, "arms": arms,
               "partial": partial}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(RESULTS, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

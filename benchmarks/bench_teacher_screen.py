@@ -21,24 +21,20 @@ commit, machine, wall time; partial results are marked partial).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _screen import RESULTS, provenance, provenance_lines, screen_parser, write_results
 
 from qspos.core.stats import binomial_se
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import Config, load_config
-from qspos.runtime.provenance import git_commit, machine
 from qspos.runtime.rundir import RunDir
 from qspos.stages.finetune import Target, finetune
 from qspos.stages.float_baseline import FloatResult
 from qspos.stages.train import train_supernet
 
-RESULTS = Path(__file__).parent / "results" / "levers"
 ARMS = {"none": [], "teacher": ["train.init=teacher", "train.distill=teacher"]}
 FINETUNES = {"uniform-w2a2": [], "uniform-w2a2-kd": ["finetune.distill=teacher"]}
 
@@ -118,36 +114,24 @@ def markdown(result: dict) -> str:
     if all(speeds.values()):
         lines += ["", f"Supernet step cost with the teacher: {speeds['none'] / speeds['teacher']:.2f}x today's "
                       f"(median img/s {speeds['none']:.0f} against {speeds['teacher']:.0f}, same machine)."]
-    lines += ["", f"- command: `{result['command']}`", f"- commit: `{result['commit']}`",
-              f"- machine: {result['machine']}", f"- date: {result['date']}",
-              f"- wall time of this invocation's pieces (s): {json.dumps(result['ledger'])}"]
+    lines += provenance_lines(result)
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
+    parser = screen_parser(__doc__, "runs/screen", "teacher_screen")
     parser.add_argument("--teacher", required=True, type=Path, help="the teacher: a finished float/model.pt")
-    parser.add_argument("--work", default="runs/screen", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--name", default="teacher_screen", help="results file stem under results/levers/")
     args = parser.parse_args()
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}",
                                      f"float.checkpoint={args.teacher}", *args.overrides])
     ledger: dict = {}
-    info = {"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "commit": git_commit(),
-            "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    info = provenance()
     if not args.report_only:
         for arm in ARMS:
             run_arm(base, arm, args.work, ledger)
     result = {**info, "seed": args.seed, "ledger": ledger, **collect(args.work, args.teacher)}
     result["partial"] = any(len(a["nets"]) < len(FINETUNES) for a in result["arms"].values())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(RESULTS, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":
