@@ -123,8 +123,7 @@ def _parse(entry: Mapping, metrics: ArchMetrics, key: str, default_floor: float 
 
 
 def _check_feasible(metrics: ArchMetrics, metric: str, lo: float | None, hi: float | None, where: str) -> None:
-    smallest, cheapest = metrics.extreme(metric)
-    largest, dearest = metrics.extreme(metric, largest=True)
+    smallest, largest = metrics.extreme(metric)[0], metrics.extreme(metric, largest=True)[0]
     if hi is not None and smallest > hi:
         raise QsposError(f"{where}: no arch meets {metric} <= {hi:.6g}; {_span(metric, metrics)}")
     if lo is not None and largest < lo:

@@ -133,12 +133,13 @@ class Space:
 
     def extremes(self) -> tuple[Arch, Arch]:
         """The smallest and largest arch: lowest/highest bits and width at every choice point."""
-        lo = {p.name: min(p.domain, key=_order) for p in self.points}
-        hi = {p.name: max(p.domain, key=_order) for p in self.points}
+        lo = {p.name: min(p.domain, key=choice_order) for p in self.points}
+        hi = {p.name: max(p.domain, key=choice_order) for p in self.points}
         return Arch(lo), Arch(hi)
 
 
-def _order(c: Choice) -> tuple:
+def choice_order(c: Choice) -> tuple:
+    """Cheaper first: by bit product, then width, then weight bits."""
     return (c.w_bits * c.a_bits, c.width or 0.0, c.w_bits)
 
 

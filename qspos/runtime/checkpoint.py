@@ -18,6 +18,7 @@ from qspos.runtime.files import atomic_path
 
 ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save file begins
 
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Save so that a crash mid-write never leaves a truncated file at ``path``."""
     with atomic_path(path) as tmp:

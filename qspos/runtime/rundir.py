@@ -165,6 +165,19 @@ class RunDir:
     def pareto_png(self) -> Path:
         return self.search / "pareto.png"
 
+    @property
+    def sensitivity_json(self) -> Path:
+        """The sensitivity table's data and each budget's allocation (``qspos sensitivity``)."""
+        return self.search / "sensitivity.json"
+
+    @property
+    def sensitivity_md(self) -> Path:
+        return self.search / "sensitivity.md"
+
+    @property
+    def sensitivity_png(self) -> Path:
+        return self.search / "sensitivity.png"
+
     def net(self, name: str) -> NetDir:
         return NetDir(self.path / self.FINETUNE / name)
 

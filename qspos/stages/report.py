@@ -20,8 +20,7 @@ from qspos.runtime.progress import ScoreFormat, read_metrics
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.export import LOGIT_RTOL
 from qspos.stages.pareto import pareto_plot
-from qspos.stages.search import choice_text
-from qspos.stages.search_results import SearchResult
+from qspos.stages.search_results import SearchResult, choice_text
 
 
 @holds_run_dir

@@ -31,8 +31,15 @@ from qspos.runtime.progress import ScoreFormat, console, progress_bar, table
 from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
 from qspos.stages.budgets import search_budgets
 from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
-from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
-from qspos.stages.sensitivity import measure_and_allocate, sensitivity_markdown, sensitivity_plot
+from qspos.stages.search_results import (
+    BudgetResult,
+    Candidate,
+    ParetoPoint,
+    SearchResult,
+    UniformBaseline,
+    choice_text,
+)
+from qspos.stages.sensitivity import measure_and_allocate, write_sensitivity
 
 STATE_VERSION = 1
 
@@ -194,10 +201,7 @@ class _Search:
             self.state["budgets"].setdefault(name, {"evaluated": [], "random": None})["sensitivity"] = [arch.digest()]
         self._save()
         if self.main:
-            fmt = ScoreFormat(self.cfg.score)
-            write_json(self.run.search / "sensitivity.json", result.to_dict())
-            write_text(self.run.search / "sensitivity.md", sensitivity_markdown(result, self.space, fmt))
-            sensitivity_plot(self.run.search / "sensitivity.png", result, self.space, fmt)
+            write_sensitivity(self.run, result, self.space, ScoreFormat(self.cfg.score))
         return result.allocations
 
     def pool(self, bs: dict) -> list[str]:
@@ -369,8 +373,3 @@ def chosen_table(result: SearchResult, names: Sequence[str], score: ScoreFormat)
     rows.append(["weights (KiB)"] + [round(e.size_bits / 8 / 1024, 1) for e in best])
     return table("chosen archs (W bits, A bits, width)", ["layer"] + [b.name for b in result.budgets], rows)
 
-
-def choice_text(c: dict) -> str:
-    """``W2A4 x0.5``: a choice as tables show it."""
-    width = c.get("width")
-    return f"W{c['w_bits']}A{c['a_bits']}" + (f" x{width:g}" if width is not None else "")

@@ -155,3 +155,9 @@ class SearchResult:
                        d.get("method", "evolution"))
         except (ValueError, KeyError, TypeError, AttributeError, QsposError):
             raise QsposError(f"{path} is not a qspos search results file") from None
+
+
+def choice_text(c: dict) -> str:
+    """``W2A4 x0.5``: a choice as tables show it."""
+    width = c.get("width")
+    return f"W{c['w_bits']}A{c['a_bits']}" + (f" x{width:g}" if width is not None else "")

@@ -19,7 +19,7 @@ from qspos.core.arch import Arch, Choice
 from qspos.core.budget import Budget
 from qspos.core.metrics import ArchMetrics
 from qspos.core.sensitivity import Score, Sensitivity, allocations, measure
-from qspos.core.space import Space
+from qspos.core.space import Space, choice_order
 from qspos.runtime.build import load_supernet
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
@@ -29,6 +29,7 @@ from qspos.runtime.files import atomic_path, write_json, write_text
 from qspos.runtime.progress import ScoreFormat, console, stdout, table
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.budgets import search_budgets
+from qspos.stages.search_results import choice_text
 
 
 @dataclass
@@ -62,7 +63,7 @@ def sensitivity_markdown(result: SensitivityResult, space: Space, score: ScoreFo
     s, columns = result.sensitivity, _columns(space)
     lines = [f"Top arch (every choice point at its top choice): val {score.name} {score.text(s.top_score)}.", "",
              f"Drop of val {score.name}{score.unit} when one choice point alone takes a choice:", "",
-             "| choice point | " + " | ".join(_choice(c) for c in columns) + " |",
+             "| choice point | " + " | ".join(_text(c) for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for p in space.points:
         lines.append(f"| {p.name} | " + " | ".join(_cell(s, p.name, c, score) for c in columns) + " |")
@@ -86,7 +87,7 @@ def sensitivity_plot(path: Path, result: SensitivityResult, space: Space, score:
         drops = result.sensitivity.drops[p.name]
         xs = [i for i, c in enumerate(columns) if c in drops]
         ax.plot(xs, [score.scaled(drops[columns[i]]) for i in xs], marker="o", ms=3, label=p.name)
-    ax.set_xticks(range(len(columns)), [_choice(c) for c in columns], rotation=60, fontsize=7)
+    ax.set_xticks(range(len(columns)), [_text(c) for c in columns], rotation=60, fontsize=7)
     ax.set_ylabel(f"val {score.name} drop{score.unit}")
     ax.set_title("sensitivity: one choice point lowered, the rest at the top")
     ax.legend(fontsize=7, ncol=2)
@@ -98,17 +99,23 @@ def sensitivity_plot(path: Path, result: SensitivityResult, space: Space, score:
 
 def _columns(space: Space) -> list[Choice]:
     """Every choice of any point, cheapest first: the table's and the plot's columns."""
-    every = {c for p in space.points for c in p.domain}
-    return sorted(every, key=lambda c: (c.w_bits * c.a_bits, c.width or 0.0, c.w_bits))
+    return sorted({c for p in space.points for c in p.domain}, key=choice_order)
+
+
+def write_sensitivity(run: RunDir, result: SensitivityResult, space: Space, score: ScoreFormat) -> None:
+    """The table, its data and its plot into the run's ``search/``."""
+    write_json(run.sensitivity_json, result.to_dict())
+    write_text(run.sensitivity_md, sensitivity_markdown(result, space, score))
+    sensitivity_plot(run.sensitivity_png, result, space, score)
+
+
+def _text(c: Choice) -> str:
+    return choice_text(c.to_dict())
 
 
 def _cell(s: Sensitivity, point: str, choice: Choice, score: ScoreFormat) -> str:
     drop = s.drops[point].get(choice)
     return "" if drop is None else score.number(drop)
-
-
-def _choice(c: Choice) -> str:
-    return f"W{c.w_bits}A{c.a_bits}" + (f" x{c.width:g}" if c.width is not None else "")
 
 
 @holds_run_dir
@@ -122,12 +129,10 @@ def sensitivity(cfg: Config, run_dir: str | Path | RunDir | None = None) -> Sens
     result = measure_and_allocate(supernet.space, evaluator, metrics, budgets)
     fmt = ScoreFormat(cfg.score)
     run.record_config(cfg)
-    write_json(run.search / "sensitivity.json", result.to_dict())
-    write_text(run.search / "sensitivity.md", sensitivity_markdown(result, supernet.space, fmt))
-    sensitivity_plot(run.search / "sensitivity.png", result, supernet.space, fmt)
+    write_sensitivity(run, result, supernet.space, fmt)
     columns = _columns(supernet.space)
     rows = [[p.name] + [_cell(result.sensitivity, p.name, c, fmt) for c in columns] for p in supernet.space.points]
     stdout.print(table(f"val {fmt.name} drop, one choice point lowered",
-                        ["choice point"] + [_choice(c) for c in columns], rows))
-    console.print(f"sensitivity: {run.search / 'sensitivity.md'}")
+                        ["choice point"] + [_text(c) for c in columns], rows))
+    console.print(f"sensitivity: {run.sensitivity_md}")
     return result
