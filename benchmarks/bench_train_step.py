@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bench_cost import machine
+from bench_cost import git_commit, machine
 from brevitas.nn import QuantConv2d, QuantLinear
 from torch import nn
 
@@ -75,7 +75,7 @@ def main() -> None:
     cfg = load_config(args.config)
     backends = args.backends or [cfg.quant.backend]
     batch = args.batch or cfg.data.batch_size
-    machine_info = machine()
+    machine_info, t_start = machine(), time.perf_counter()
     torch.manual_seed(0)
     supernet = build_supernet(cfg)
     arch = supernet.space.sample(random.Random(args.seed))
@@ -154,6 +154,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(), "wall_s": round(time.perf_counter() - t_start, 1),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -170,7 +171,8 @@ def main() -> None:
         f"costs {ms[distilled] / ms[first]:.3f}x the plain supernet step (target <= 1.5x: "
         f"{'met' if ms[distilled] / ms[first] <= 1.5 else 'NOT met'}). Arch (seed {args.seed}): "
         f"`{json.dumps(arch.to_dict())}`\n\n"
-        f"- command: `{result['command']}`\n- machine: {machine_info}\n- date: {result['date']}\n"
+        f"- command: `{result['command']}` at commit `{result['commit']}`\n- machine: {machine_info}\n"
+        f"- date: {result['date']}; wall time {result['wall_s']} s\n"
     )
     print((RESULTS / f"{args.name}.md").read_text())
 
