@@ -22,11 +22,11 @@ from pathlib import Path
 from _screen import RESULTS, provenance, provenance_lines, screen_parser, write_results
 
 from qspos.core.stats import binomial_se
+from qspos.results.search_results import SearchResult
 from qspos.runtime.config import Config, load_config
 from qspos.runtime.rundir import RunDir
 from qspos.stages.finetune import Target, finetune
 from qspos.stages.search import search
-from qspos.stages.search_results import SearchResult
 
 ARMS = {
     "evolution (no band, no fill)": ["search.floor=null", "search.fill=false"],

@@ -5,7 +5,13 @@ Arms (one seed; each supernet in its own run directory under ``--work``):
 
 - ``none``: today's supernet (from scratch, labels only);
 - ``teacher``: the supernet starts from the teacher's weights and learns from its logits
-  (``train.init: teacher``, ``train.distill: teacher``).
+  (``train.init: teacher``, ``train.distill: teacher``);
+- ``inplace``: it starts from the teacher's weights and trains with BigNAS's sandwich rule
+  (``train.distill: inplace``: the largest path on the labels, the smallest and two sampled paths
+  on its logits), for as many epochs (about 4x the compute);
+- ``inplace-eqtime``: the same for a quarter of the epochs, about the wall time of the others.
+
+``--arms`` picks some (default: ``none`` and ``teacher``).
 
 Each arm's uniform W2A2 net is fine-tuned twice: on the labels (``uniform-w2a2``) and with
 ``finetune.distill: teacher`` (``uniform-w2a2-kd``). The teacher is a finished ``qspos float`` run
@@ -30,12 +36,15 @@ from _screen import RESULTS, provenance, provenance_lines, screen_parser, write_
 from qspos.core.stats import binomial_se
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import Config, load_config
+from qspos.runtime.numbers import points
 from qspos.runtime.rundir import RunDir
 from qspos.stages.finetune import Target, finetune
 from qspos.stages.float_baseline import FloatResult
 from qspos.stages.train import train_supernet
 
-ARMS = {"none": [], "teacher": ["train.init=teacher", "train.distill=teacher"]}
+ARMS = {"none": [], "teacher": ["train.init=teacher", "train.distill=teacher"],
+        "inplace": ["train.init=teacher", "train.distill=inplace"],
+        "inplace-eqtime": ["train.init=teacher", "train.distill=inplace", "train.epochs=1.75"]}
 FINETUNES = {"uniform-w2a2": [], "uniform-w2a2-kd": ["finetune.distill=teacher"]}
 
 
@@ -72,9 +81,9 @@ def run_arm(base: Config, arm: str, work: Path, ledger: dict) -> None:
         ledger[f"{arm}/{name}"] = round(time.perf_counter() - t0, 1)
 
 
-def collect(work: Path, teacher: Path) -> dict:
+def collect(work: Path, teacher: Path, chosen: list[str]) -> dict:
     arms = {}
-    for arm in ARMS:
+    for arm in chosen:
         run = RunDir(work / arm)
         nets = {}
         for name in FINETUNES:
@@ -88,17 +97,13 @@ def collect(work: Path, teacher: Path) -> dict:
     return {"teacher": FloatResult.load(float_result).to_dict() if float_result.is_file() else None, "arms": arms}
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
-
-
 def markdown(result: dict) -> str:
     lines = [f"# Float-teacher screen: uniform W2A2 on ResNet-14 / Fashion-MNIST, seed {result['seed']}"
              + (" (partial)" if result["partial"] else ""), ""]
     t = result["teacher"]
     if t:
-        lines += [f"Teacher: float ResNet-14, {t['steps']} steps, test top-1 {_pct(t['test_top1'])} %, "
-                  f"val top-1 {_pct(t['val_top1'])} %.", ""]
+        lines += [f"Teacher: float ResNet-14, {t['steps']} steps, test top-1 {points(t['test_top1'])} %, "
+                  f"val top-1 {points(t['val_top1'])} %.", ""]
     lines += ["| supernet | fine-tuning | supernet val max / min | val before | val after | test top-1 ± SE |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
     for arm, a in result["arms"].items():
@@ -106,14 +111,14 @@ def markdown(result: dict) -> str:
         for name in FINETUNES:
             n = a["nets"].get(name)
             kd = "labels + KD" if name.endswith("-kd") else "labels"
-            cells = (f"{_pct(n['val_top1_before'])} | {_pct(n['val_top1'])} | "
-                     f"{_pct(n['test_top1'])} ± {_pct(n['test_se'])}") if n else "– | – | –"
-            lines.append(f"| {arm} | {kd} | {_pct(s.get('val_top1_max'))} / {_pct(s.get('val_top1_min'))} "
+            cells = (f"{points(n['val_top1_before'])} | {points(n['val_top1'])} | "
+                     f"{points(n['test_top1'])} ± {points(n['test_se'])}") if n else "– | – | –"
+            lines.append(f"| {arm} | {kd} | {points(s.get('val_top1_max'))} / {points(s.get('val_top1_min'))} "
                          f"| {cells} |")
     speeds = {arm: (a["supernet"] or {}).get("img_s_median") for arm, a in result["arms"].items()}
-    if all(speeds.values()):
-        lines += ["", f"Supernet step cost with the teacher: {speeds['none'] / speeds['teacher']:.2f}x today's "
-                      f"(median img/s {speeds['none']:.0f} against {speeds['teacher']:.0f}, same machine)."]
+    if speeds.get("none") and all(speeds.values()):
+        lines += ["", "Supernet step cost against today's (median img/s, same machine): " + ", ".join(
+            f"{arm} {speeds['none'] / s:.2f}x ({s:.0f} img/s)" for arm, s in speeds.items() if arm != "none") + "."]
     lines += provenance_lines(result)
     return "\n".join(lines) + "\n"
 
@@ -121,15 +126,16 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = screen_parser(__doc__, "runs/screen", "teacher_screen")
     parser.add_argument("--teacher", required=True, type=Path, help="the teacher: a finished float/model.pt")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["none", "teacher"])
     args = parser.parse_args()
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}",
                                      f"float.checkpoint={args.teacher}", *args.overrides])
     ledger: dict = {}
     info = provenance()
     if not args.report_only:
-        for arm in ARMS:
+        for arm in args.arms:
             run_arm(base, arm, args.work, ledger)
-    result = {**info, "seed": args.seed, "ledger": ledger, **collect(args.work, args.teacher)}
+    result = {**info, "seed": args.seed, "ledger": ledger, **collect(args.work, args.teacher, args.arms)}
     result["partial"] = any(len(a["nets"]) < len(FINETUNES) for a in result["arms"].values())
     write_results(RESULTS, args.name, result, markdown(result))
 

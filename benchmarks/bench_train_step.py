@@ -1,7 +1,10 @@
 """Supernet training-step cost against (a) the fixed-arch Brevitas net of the same arch
 (``supernet.extract(arch)``) and (b) the float net of that arch (plain Conv2d/Linear copies), and
-the distilled supernet step (``train.distill: teacher``) against the plain one.
-Targets: supernet step <= 1.10x the fixed-arch Brevitas step; distilled <= 1.5x the plain step.
+the distilled supernet steps against the plain one: ``train.distill: teacher`` (the teacher's
+forward included) and ``inplace`` (the sandwich rule: the largest, the smallest and
+``train.inplace_paths`` sampled paths per step).
+Targets: supernet step <= 1.10x the fixed-arch Brevitas step; teacher-distilled <= 1.5x the plain
+step (the sandwich step has no target: it trains several paths, and is reported as its ratio).
 
 The supernet step is the real one of ``qspos train``: activate the path, forward, label-smoothed
 loss, backward, ``MaskedSGD`` on the active parts. The two baselines take ``torch.optim.SGD``.
@@ -35,6 +38,8 @@ from torch import nn
 from qspos.runtime.build import build_supernet, float_model
 from qspos.runtime.config import load_config
 from qspos.runtime.optim import MaskedSGD, param_groups
+from qspos.runtime.sampler import PathSampler
+from qspos.runtime.sandwich import Sandwich
 from qspos.runtime.teacher import Teacher
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,6 +120,18 @@ def main() -> None:
             opt_super.step(active)
         return step
 
+    sandwich = Sandwich(supernet, PathSampler(supernet.space, args.seed), t.inplace_paths, t.label_smoothing,
+                        t.distill_temperature, t.distill_weight)
+
+    def step_inplace(backend: str):  # the real step of train.distill: inplace (its paths drawn included)
+        def step() -> None:
+            supernet.set_quant_backend(backend)
+            active = sandwich.before_step(0)
+            opt_super.zero_grad(set_to_none=True)
+            sandwich(supernet, x, y)[0].backward()
+            opt_super.step(active)
+        return step
+
     def step_plain(model: nn.Module, opt: torch.optim.Optimizer):
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -125,6 +142,8 @@ def main() -> None:
     steps = {f"supernet ({b})": step_super(b) for b in backends}
     distilled = f"supernet ({backends[0]}, teacher KD)"
     steps[distilled] = step_distilled(backends[0])
+    inplace = f"supernet ({backends[0]}, in-place sandwich, {t.inplace_paths} + 2 paths)"
+    steps[inplace] = step_inplace(backends[0])
     steps.update({"fixed_brevitas": step_plain(static, opt_static), "float": step_plain(plain, opt_float)})
     for model in (supernet, static, plain):
         model.train()
@@ -150,6 +169,7 @@ def main() -> None:
         "fixed_brevitas_over_float": round(ms["fixed_brevitas"] / ms["float"], 3),
         "distilled_over_supernet": round(ms[distilled] / ms[first], 3),
         "target_distilled_over_supernet": 1.5,
+        "inplace_over_supernet": round(ms[inplace] / ms[first], 3),
         "target_supernet_over_fixed_brevitas": 1.10,
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info,
@@ -169,7 +189,9 @@ def main() -> None:
         f"{rows}\n\nTarget supernet ({backends[0]} backend) <= 1.10x fixed-arch Brevitas: {met} "
         f"({ratio:.3f}x). A distilled step (`train.distill: teacher`, the float teacher's forward included) "
         f"costs {ms[distilled] / ms[first]:.3f}x the plain supernet step (target <= 1.5x: "
-        f"{'met' if ms[distilled] / ms[first] <= 1.5 else 'NOT met'}). Arch (seed {args.seed}): "
+        f"{'met' if ms[distilled] / ms[first] <= 1.5 else 'NOT met'}). An in-place sandwich step "
+        f"(`train.distill: inplace`, {t.inplace_paths} + 2 paths) costs {ms[inplace] / ms[first]:.3f}x. "
+        f"Arch (seed {args.seed}): "
         f"`{json.dumps(arch.to_dict())}`\n\n"
         f"- command: `{result['command']}` at commit `{result['commit']}`\n- machine: {machine_info}\n"
         f"- date: {result['date']}; wall time {result['wall_s']} s\n"

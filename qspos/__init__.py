@@ -6,7 +6,9 @@ The package is layered; each layer imports only from those below it::
     qspos.core     archs, spaces, searchable layers, the supernet, costs, budgets (no config, no files)
     qspos.models   the model registry, built-in backbones, conversion of users' models
     qspos.runtime  config, run directory, checkpoints, data, torchrun, logging, the training loop
-    qspos.stages   train, search, finetune, evaluate, export, report, run
+    qspos.formats  export formats: a writer and a checker each, in one registry
+    qspos.results  search results and the Pareto front, as files, tables and plots
+    qspos.stages   train, float, search, sensitivity, finetune, evaluate, export, report, run, bench
     qspos.api, qspos.cli
 
 The names below are loaded on first use (PEP 562), so ``import qspos`` costs almost nothing.
@@ -20,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from qspos._version import __version__
 
-__all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "evaluate",
-           "evolve", "export", "finetune", "init_act_thresholds", "load_arch", "load_config", "load_quantized",
-           "recalibrate_bn", "run", "save_arch", "search", "train_float", "train_supernet"]
+__all__ = ["__version__", "Arch", "Choice", "ChoicePoint", "Config", "QsposError", "Space", "Supernet", "Task",
+           "evaluate", "evolve", "export", "finetune", "init_act_thresholds", "load_arch", "load_config",
+           "load_quantized", "recalibrate_bn", "run", "save_arch", "search", "train_float", "train_supernet"]
 
 # Brevitas imports torch's C++-extension helper, which warns about a missing CUDA toolkit on CPU
 # machines; that says nothing about qspos, so keep it out of users' terminals.
@@ -35,7 +37,7 @@ _EXPORTS = {
     "Config": "qspos.runtime.config", "load_config": "qspos.runtime.config",
     "load_arch": "qspos.runtime.files", "save_arch": "qspos.runtime.files",
     "QsposError": "qspos.errors", "recalibrate_bn": "qspos.runtime.evaluate",
-    "init_act_thresholds": "qspos.core.calibrate",
+    "init_act_thresholds": "qspos.core.calibrate", "Task": "qspos.runtime.task",
     "train_supernet": "qspos.api", "train_float": "qspos.api", "search": "qspos.api", "finetune": "qspos.api",
     "evaluate": "qspos.api", "export": "qspos.api", "run": "qspos.api",
 }
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from qspos.runtime.config import Config, load_config
     from qspos.runtime.evaluate import recalibrate_bn
     from qspos.runtime.files import load_arch, save_arch
+    from qspos.runtime.task import Task
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,8 @@ a YAML path, and returns the stage's result object; outputs land in the run dire
 the CLI writes them (``run_dir`` defaults to ``runs/NAME``), so the CLI and the API can be mixed.
 Objects passed win over the config: ``model`` (any ``nn.Module``), ``train``/``val``/``test``
 (``Dataset`` s or ``DataLoader`` s with your own transforms), ``loss(model, batch)`` and
-``score(model, loader)`` (higher is better; see ``qspos.runtime.task``)::
+``score(model, loader)`` (higher is better; see ``qspos.runtime.task``), one by one or as one
+``qspos.Task`` (``task=``)::
 
     import qspos
 
@@ -24,6 +25,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from torch import nn
 
@@ -36,7 +38,7 @@ from qspos.errors import QsposError
 from qspos.runtime.build import Supernet, load_finetuned
 from qspos.runtime.config import Config, load_config, load_search_settings
 from qspos.runtime.rundir import RunDir
-from qspos.runtime.task import Data, Loss, Score, Task, batch_size_of, dataset_of, using
+from qspos.runtime.task import Data, Loss, Score, Task, batch_size_of, dataset_of
 from qspos.stages import evaluate as _evaluate
 from qspos.stages import export as _export
 from qspos.stages import finetune as _finetune
@@ -70,47 +72,55 @@ def _with_task(config: ConfigLike, task: Task) -> Config:
     return dataclasses.replace(cfg, model=model, data=data, score=task.score_name())
 
 
+class TaskObjects(TypedDict, total=False):
+    """The caller's objects every stage function takes, each winning over the config (see
+    :class:`qspos.Task`); a stage ignores those it has no use for (``search`` trains nothing)."""
+
+    model: nn.Module
+    train: Data
+    val: Data
+    test: Data
+    loss: Loss
+    score: Score
+
+
+def _task(task: Task | None, objects: Mapping[str, object]) -> Task:
+    """The one :class:`Task` of a call: ``task=``, or the objects passed one by one."""
+    unknown = sorted(set(objects) - {f.name for f in dataclasses.fields(Task)})
+    if unknown:
+        raise QsposError(f"unknown argument {unknown[0]}=: the objects a stage takes are model=, train=, val=, "
+                         "test=, loss= and score= (or task=)")
+    if task is not None and objects:
+        raise QsposError(f"pass task= or {', '.join(f'{k}=' for k in objects)}, not both")
+    return task if task is not None else Task(**objects)  # type: ignore[arg-type]
+
+
 def train_supernet(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
-                   model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
-                   loss: Loss | None = None, score: Score | None = None) -> _train.TrainResult:
+                   task: Task | None = None, **objects: Unpack[TaskObjects]) -> _train.TrainResult:
     """Train the supernet into ``run_dir/supernet.pt`` (``qspos train``).
 
     >>> trained = qspos.train_supernet("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> trained = qspos.train_supernet(cfg, "runs/mine", model=net, train=ds, loss=my_loss)  # doctest: +SKIP
     """
-    task = Task(model, train, val, None, loss, score)
-    with using(task):
-        return _train.train_supernet(_with_task(config, task), run_dir, resume=resume)
+    t = _task(task, objects)
+    return _train.train_supernet(_with_task(config, t), run_dir, resume=resume, task=t)
 
 
 def search(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
-           model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
-           score: Score | None = None) -> _search.SearchResult:
+           task: Task | None = None, **objects: Unpack[TaskObjects]) -> _search.SearchResult:
     """Search the trained supernet under every budget into ``run_dir/search/`` (``qspos search``);
     ``score`` ranks the candidates instead of top-1.
 
     >>> found = qspos.search("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> found.best("w2a2")  # doctest: +SKIP
     """
-    task = Task(model, train, val, None, None, score)
-    with using(task):
-        return _search.search(_with_task(config, task), run_dir, resume=resume)
+    t = _task(task, objects)
+    return _search.search(_with_task(config, t), run_dir, resume=resume, task=t)
 
 
-def finetune(
-    config: ConfigLike,
-    run_dir: str | Path | None = None,
-    arch: Arch | str | Path | None = None,
-    pick: int | None = None,
-    resume: bool = False,
-    *,
-    model: nn.Module | None = None,
-    train: Data | None = None,
-    val: Data | None = None,
-    test: Data | None = None,
-    loss: Loss | None = None,
-    score: Score | None = None,
-) -> list[_finetune.FinetuneResult]:
+def finetune(config: ConfigLike, run_dir: str | Path | None = None, arch: Arch | str | Path | None = None,
+             pick: int | None = None, resume: bool = False, *, task: Task | None = None,
+             **objects: Unpack[TaskObjects]) -> list[_finetune.FinetuneResult]:
     """Fine-tune ``arch`` (an Arch or a file), else each budget's ``pick``-th best arch (default
     the best) into ``run_dir/finetune/<name>/``; each result holds val and test top-1/top-5 (or
     ``score``) and ``.model``, the standalone Brevitas module.
@@ -118,42 +128,36 @@ def finetune(
     >>> nets = qspos.finetune("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> nets[0].model  # doctest: +SKIP
     """
-    task = Task(model, train, val, test, loss, score)
-    with using(task):
-        return _finetune.finetune(_with_task(config, task), run_dir, arch=arch, pick=pick, resume=resume)
+    t = _task(task, objects)
+    return _finetune.finetune(_with_task(config, t), run_dir, arch=arch, pick=pick, resume=resume, task=t)
 
 
 def train_float(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
-                model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
-                test: Data | None = None, loss: Loss | None = None,
-                score: Score | None = None) -> _float_baseline.FloatResult:
-    """Train the float baseline (the backbone unquantized, with the ``finetune`` recipe) into
-    ``run_dir/float/`` (``qspos float``), so quantized nets can be read against it; the run's
-    report shows it.
+                task: Task | None = None, **objects: Unpack[TaskObjects]) -> _float_baseline.FloatResult:
+    """Train and measure the float teacher (the backbone unquantized, with the ``float`` recipe)
+    into ``run_dir/float/`` (``qspos float``); the supernet starts from it and learns from it as
+    the config says, and the run's report shows it.
 
     >>> base = qspos.train_float("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> base.test_top1  # doctest: +SKIP
     """
-    task = Task(model, train, val, test, loss, score)
-    with using(task):
-        return _float_baseline.train_float(_with_task(config, task), run_dir, resume=resume)
+    t = _task(task, objects)
+    return _float_baseline.train_float(_with_task(config, t), run_dir, resume=resume, task=t)
 
 
 def evaluate(config: ConfigLike, checkpoint: str | Path, arch: Arch | str | Path | None = None, *,
-             model: nn.Module | None = None, train: Data | None = None, test: Data | None = None,
-             score: Score | None = None) -> _evaluate.EvalResult:
+             task: Task | None = None, **objects: Unpack[TaskObjects]) -> _evaluate.EvalResult:
     """Test top-1/top-5 (or ``score``), BitOps and size of a fine-tuned net, or of a supernet
     path (``qspos eval``).
 
     >>> qspos.evaluate("configs/quickstart.yaml", "runs/qs/finetune/w2a2/model.pt").test_top1  # doctest: +SKIP
     """
-    task = Task(model, train, None, test, None, score)
-    with using(task):
-        return _evaluate.evaluate_checkpoint(_with_task(config, task), checkpoint, arch)
+    t = _task(task, objects)
+    return _evaluate.evaluate_checkpoint(_with_task(config, t), checkpoint, arch, task=t)
 
 
-def export(run_dir: str | Path, formats: list[str] | None = None, *, model: nn.Module | None = None,
-           train: Data | None = None, test: Data | None = None) -> list[_export.ExportResult]:
+def export(run_dir: str | Path, formats: list[str] | None = None, *, task: Task | None = None,
+           **objects: Unpack[TaskObjects]) -> list[_export.ExportResult]:
     """Export every fine-tuned net of a run: ``onnx-qcdq``, ``qonnx``, ``packed`` (``qspos export``);
     a run made from objects needs the same ``model`` and ``train``/``test`` data again. Each file
     is checked by its outputs against the net's; a run's own score is never called on a file (the
@@ -161,21 +165,18 @@ def export(run_dir: str | Path, formats: list[str] | None = None, *, model: nn.M
 
     >>> qspos.export("runs/qs", ["onnx-qcdq"])  # doctest: +SKIP
     """
-    with using(Task(model, train, None, test)):
-        return _export.export(run_dir, formats)
+    return _export.export(run_dir, formats, task=_task(task, objects))
 
 
 def run(config: ConfigLike, run_dir: str | Path | None = None, resume: bool = False, *,
-        model: nn.Module | None = None, train: Data | None = None, val: Data | None = None,
-        test: Data | None = None, loss: Loss | None = None, score: Score | None = None) -> _run.RunResult:
+        task: Task | None = None, **objects: Unpack[TaskObjects]) -> _run.RunResult:
     """train -> search -> finetune -> export -> report in one run directory (``qspos run``).
 
     >>> res = qspos.run("configs/quickstart.yaml", "runs/qs")  # doctest: +SKIP
     >>> res = qspos.run(cfg, "runs/mine", model=net, train=tr, val=va, test=te)  # doctest: +SKIP
     """
-    task = Task(model, train, val, test, loss, score)
-    with using(task):
-        return _run.run(_with_task(config, task), run_dir, resume=resume)
+    t = _task(task, objects)
+    return _run.run(_with_task(config, t), run_dir, resume=resume, task=t)
 
 
 def load_quantized(run_dir: str | Path, name: str, *, model: nn.Module | None = None) -> nn.Module:
@@ -191,8 +192,7 @@ def load_quantized(run_dir: str | Path, name: str, *, model: nn.Module | None = 
     if not net.done:
         known = ", ".join(n.name for n in run_.finetuned()) or "none"
         raise QsposError(f"{run_.path}: no fine-tuned net {name!r} (finished ones: {known})")
-    with using(Task(model)):
-        return load_finetuned(cfg, net.model)[0]
+    return load_finetuned(cfg, net.model, model)[0]
 
 
 # ---------------------------------------------------------------------------- the low-level API

@@ -46,6 +46,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True, resume: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qspos.runtime.config import EXPORT_FORMATS  # the config module alone: no torch
+
     parser = argparse.ArgumentParser(
         prog="qspos", epilog=EPILOG,
         description="Joint mixed-precision and channel search with a single-path one-shot Brevitas supernet.",
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's fine-tuned nets")
     p.add_argument("run_dir", help="run directory holding finetune/")
     p.add_argument("--format", dest="formats", action="append",
-                   choices=["onnx-qcdq", "qonnx", "packed"], help="repeatable; default: the config's export.formats")
+                   choices=EXPORT_FORMATS, help="repeatable; default: the config's export.formats")
 
     p = sub.add_parser("cost", help="MACs, BitOps and size of an arch, per layer")
     _common(p, out=False, resume=False)
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5, help="timed runs per layer setting (median)")
     p.add_argument("--batch-size", type=int, default=1)
 
-    p = sub.add_parser("bench", help="accuracy against BitOps: float, uniform, searched and random nets over seeds")
+    p = sub.add_parser("bench", help="accuracy against BitOps: float, uniform, searched, random and "
+                       "sensitivity nets over seeds")
     _common(p, out=False)
     p.add_argument("--out", help="benchmark directory: checkpoints and results (default: runs/NAME-bench)")
     bench_arguments(p)
@@ -109,8 +112,14 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="start quantized nets from the supernet's weights (default) or from scratch")
     p.add_argument("--parts", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=None,
                    metavar="PART,...", help="which kinds of net to train (default all: "
-                   "float,uniform,searched,random,ranking)")
+                   "float,uniform,searched,random,sensitivity,ranking)")
+    p.add_argument("--uniform", type=_parse_pair, action="append", default=None, metavar="W,A",
+                   help="a uniform net to fine-tune, repeatable (default: every pair of the space that fits "
+                   "under some budget; a pair outside the space, e.g. 8,8, starts from the float net)")
+    p.add_argument("--net", metavar="LABEL", help="the net's label in the results (default: the config's name)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the results from the finished nets")
+    p.add_argument("--targets", metavar="TARGETS.yaml", help="judge the results against the benchmark's targets "
+                   "(e.g. benchmarks/configs/accuracy_targets.yaml)")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -182,7 +191,8 @@ def cmd_space(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from qspos.runtime.distributed import is_main_process
-    from qspos.runtime.progress import console, percent, stdout, table
+    from qspos.runtime.numbers import percent
+    from qspos.runtime.progress import console, stdout, table
     from qspos.stages.train import train_supernet
 
     res = train_supernet(cfg, args.out, resume=args.resume)
@@ -253,7 +263,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     arch = load_arch(args.arch) if args.arch else None
     from qspos.runtime.files import write_json
-    from qspos.runtime.progress import console, percent, stdout, table
+    from qspos.runtime.numbers import percent
+    from qspos.runtime.progress import console, stdout, table
     from qspos.stages.evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(cfg, args.checkpoint, arch)
@@ -321,16 +332,17 @@ def bench_plan(args: argparse.Namespace) -> Plan:
     from qspos.stages.bench import PARTS, Plan
 
     parts = () if args.report_only else tuple(args.parts) if args.parts is not None else PARTS
-    return Plan(seeds=args.seeds, init=args.init, parts=parts)
+    uniform = None if args.uniform is None else tuple(args.uniform)
+    return Plan(seeds=args.seeds, init=args.init, parts=parts, uniform=uniform, net=args.net)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from qspos.stages.bench import run_bench
+    from qspos.stages.bench import Targets, run_bench
 
     out = args.out or f"{cfg.runs_dir}/{cfg.name}-bench"
     run_bench(cfg, out, out, bench_plan(args), resume=args.resume or args.report_only,
-              command=" ".join(["qspos", *sys.argv[1:]]))
+              command=" ".join(["qspos", *sys.argv[1:]]), targets=Targets.load(args.targets) if args.targets else None)
     return 0
 
 

@@ -19,14 +19,17 @@ FAKE_QUANT_BACKENDS: dict[str, Callable] = {
     "fused": fake_quant_fused,
     "compiled": fake_quant_compiled,
 }
+# Backends that take the bit-width as a Python number, so that a call reads nothing back; the
+# others take it as a tensor (one graph for every bit-width under ``torch.compile``).
+PYTHON_BITS_BACKENDS = frozenset({"fused"})
 
 
 def best_backend(device_type: str) -> str:
     """The fastest backend with these exact numerics for eager training on a device type.
 
-    On the CPU, ``fused`` (benchmarks/results/quant_kernels*.md: 4 passes forward, 3 backward,
-    against Brevitas' ops). On CUDA, ``reference``: ``fused`` reads each call's bit-width and
-    clip bounds back to the host, one synchronisation per quantizer call.
+    On the CPU, ``fused`` (benchmarks/results/quant_kernels*.md: 4 passes forward, 4 backward,
+    against Brevitas' ops). On CUDA, ``reference`` until benchmarks/gpu_check.py has timed
+    ``fused`` there (given a Python bit-width, neither reads anything back to the host).
     ``compiled`` pays off only inside ``torch.compile``, which asks for it explicitly.
     """
     return "reference" if device_type == "cuda" else "fused"
@@ -42,6 +45,7 @@ def fake_quant_impl(backend: str) -> Callable:
 
 __all__ = [
     "FAKE_QUANT_BACKENDS",
+    "PYTHON_BITS_BACKENDS",
     "best_backend",
     "fake_quant",
     "fake_quant_compiled",

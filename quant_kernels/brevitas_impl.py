@@ -21,6 +21,7 @@ proxy, which these modules return like Brevitas' own); :func:`set_fused_kernels`
 from __future__ import annotations
 
 import torch
+from brevitas.core.bit_width import BitWidthConst
 from brevitas.core.function_wrapper import Identity, RoundSte, TensorClamp
 from brevitas.core.quant import BinaryQuant, ClampedBinaryQuant, RescalingIntQuant
 from brevitas.core.quant.delay import _NoDelay
@@ -53,6 +54,8 @@ class FusedRescalingIntQuant(nn.Module):
         self.zero_point_impl = zero_point_impl
         self.msb_clamp_bit_width_impl = bit_width_impl
         self.observer_only = False  # set by Brevitas' calibration helpers
+        # a constant bit-width is read once, here, so that a forward reads nothing back
+        self.const_bits = float(bit_width_impl()) if isinstance(bit_width_impl, BitWidthConst) else None
 
     def forward(self, x: Tensor) -> QuantOutput:
         bit_width = self.msb_clamp_bit_width_impl()
@@ -64,7 +67,8 @@ class FusedRescalingIntQuant(nn.Module):
         if torch.compiler.is_compiling():  # keep the bit-width a tensor: no graph break
             y = fake_quant_int_traceable(x, scale, bit_width, signed, narrow)
         else:
-            y = fake_quant_int(x, scale, float(bit_width), signed, narrow)
+            bits = self.const_bits if self.const_bits is not None else float(bit_width)
+            y = fake_quant_int(x, scale, bits, signed, narrow)
         return y, scale, zero_point, bit_width
 
     @classmethod

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from quant_kernels.fused import fake_quant_fused
-from quant_kernels.reference import SCALING_MIN_VAL, scale_of
+from quant_kernels.reference import SCALING_MIN_VAL, integer_bits, scale_of
 
 
 class IntFakeQuantT(torch.autograd.Function):
@@ -71,7 +71,7 @@ def fake_quant_traceable(
     x: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool = False
 ) -> Tensor:
     """Same signature and values as :func:`quant_kernels.reference.fake_quant`, graph-break free."""
-    int_bits = bit_width.clamp_min(2) if binary else bit_width  # 1-bit narrow is the binary branch
+    int_bits = integer_bits(bit_width, binary)  # 1-bit narrow is the binary branch
     scale = scale_of(threshold, int_bits, signed, narrow)
     y = fake_quant_int_traceable(x, scale, int_bits, signed, narrow)
     if binary:

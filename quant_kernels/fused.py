@@ -3,10 +3,13 @@
 Why: with Brevitas' tensor-valued clamp bounds and chains of small STE autograd nodes, the
 backward of a fake quantizer costs a dozen passes over the activation (``where``, ``gt``,
 ``logical_and``, ``neg``...). Here the forward is four in-place passes (divide, round, clamp,
-rescale) with scalar clamp bounds, and the backward is three (per tensor) that produce the input
-gradient and the scale gradient together: the clip mask is read straight off ``x`` against two
-precomputed float thresholds, and the scale gradient is two dot products. Nothing is saved but
-tensors the neighbouring layers keep alive anyway (the input and the output).
+rescale) with scalar clamp bounds, and the backward is four that produce the input gradient and
+the scale gradient together: ``x / scale`` once more, the clip mask from it against two float
+bounds that depend on the bit-width alone, and two dot products. Nothing is saved but tensors
+the neighbouring layers keep alive anyway (the input and the output).
+
+Given the bit-width as a Python number, a call reads nothing back from the device (no host sync
+on a GPU): the clamp bounds come from the bit-width, never from the scale's value.
 
 The numerics are those of :mod:`quant_kernels.reference` bit for bit in the forward pass; the
 gradients agree up to float summation order.
@@ -15,7 +18,6 @@ gradients agree up to float summation order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,8 +38,8 @@ def int_range(bits: float, signed: bool, narrow: bool) -> tuple[float, float]:
 def _strict_bounds(lo: float, hi: float) -> tuple[float, float]:
     """Open interval (a, b) with ``a < u < b  <=>  lo <= round_half_even(u) <= hi`` in float32.
 
-    Lets the backward recover the clamp mask from the unrounded ``u = x / scale`` (or from ``x``,
-    see :func:`x_space_bounds`) with a single ``hardtanh_backward`` pass. A tie ``lo - 0.5``
+    Lets the backward recover the clamp mask from the unrounded ``u = x / scale`` with a single
+    ``hardtanh_backward`` pass. A tie ``lo - 0.5``
     rounds to ``lo`` exactly when ``lo`` is even, and then must be inside the interval, so the
     bound moves one float below it (same at ``hi``).
     """
@@ -47,33 +49,6 @@ def _strict_bounds(lo: float, hi: float) -> tuple[float, float]:
     if hi % 2 == 0:
         b = np.nextafter(b, np.float32(np.inf))
     return float(a), float(b)
-
-
-def x_space_bounds(scale: float, a: float, b: float) -> tuple[float, float]:
-    """Thresholds (xa, xb) with ``a < x / scale < b  <=>  xa < x < xb`` for every float32 ``x``.
-
-    Correctly rounded division is monotonic in ``x``, so each condition on ``x / scale`` holds on
-    one side of a single float: start from ``a * scale`` (``b * scale``) and step one float at a
-    time to the exact boundary (a step or two). Lets the backward take the clip mask straight
-    from ``x``, without dividing it again. Runs on numpy float32 scalars, whose division is IEEE
-    like torch's, to skip tensor-op overhead.
-    """
-    scale = np.float32(scale)
-    if not np.isfinite(scale) or scale <= 0:
-        raise FloatingPointError(f"quantization scale {scale} is not a positive finite number")
-
-    def last_true(x: np.float32, pred: Callable[[np.float32], bool]) -> np.float32:
-        for _ in range(16):
-            here, above = pred(x / scale), pred(np.nextafter(x, np.float32(np.inf)) / scale)
-            if here and not above:
-                return x
-            x = np.nextafter(x, np.float32(np.inf if here else -np.inf))
-        raise ArithmeticError("clip bound search did not converge")  # pragma: no cover
-
-    with np.errstate(over="ignore", under="ignore"):
-        xa = last_true(np.float32(a) * scale, lambda u: bool(u <= a))
-        xb = np.nextafter(last_true(np.float32(b) * scale, lambda u: bool(u < b)), np.float32(np.inf))
-    return float(xa), float(xb)
 
 
 def reduce_dot(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
@@ -102,17 +77,9 @@ def _int_backward(g: Tensor, x: Tensor, scale: Tensor, y: Tensor, lo: float, hi:
     """``dx = g`` where ``lo <= round(x / scale) <= hi`` (else 0) and
     ``dscale = sum(g * q) - sum(dx * x / scale)`` reduced to the shape of ``scale``."""
     a, b = _strict_bounds(lo, hi)
-    gs = None
-    if scale.numel() == 1 and x.dtype == scale.dtype == torch.float32:  # per tensor: 3 passes
-        xa, xb = x_space_bounds(scale.item(), a, b)
-        gx = torch.ops.aten.hardtanh_backward(g, x, xa, xb)
-        if need_scale:
-            gs = (reduce_dot(g, y, scale.shape) - reduce_dot(gx, x, scale.shape)) / scale
-    else:  # per channel (weights, small): recompute u = x / scale
-        u = torch.div(x, scale)
-        gx = torch.ops.aten.hardtanh_backward(g, u, a, b)
-        if need_scale:
-            gs = reduce_dot(g, y, scale.shape) / scale - reduce_dot(gx, u, scale.shape)
+    u = torch.div(x, scale)
+    gx = torch.ops.aten.hardtanh_backward(g, u, a, b)
+    gs = reduce_dot(g, y, scale.shape) / scale - reduce_dot(gx, u, scale.shape) if need_scale else None
     return _unbroadcast(gx, x), gs
 
 
@@ -208,13 +175,14 @@ def fake_quant_binary(x: Tensor, scale: Tensor) -> Tensor:
 
 
 def fake_quant_fused(
-    x: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool = False
+    x: Tensor, threshold: Tensor, bit_width: Tensor | float, signed: bool, narrow: bool, binary: bool = False
 ) -> Tensor:
-    """Drop-in for :func:`quant_kernels.reference.fake_quant` (same signature and values).
+    """Drop-in for :func:`quant_kernels.reference.fake_quant` (same values), one :class:`FakeQuant`
+    node per call.
 
-    One :class:`FakeQuant` node per call. Reads ``bit_width`` once (``float()``): free on CPU, a
-    device sync on GPU and a graph break under ``torch.compile`` (compiled code should use
-    :func:`quant_kernels.compiled.fake_quant_traceable`; the "compiled" backend does).
+    Give ``bit_width`` as a Python number: then nothing is read back. A tensor is read once
+    (``float()``): a device sync on a GPU and a graph break under ``torch.compile`` (compiled
+    code should use :func:`quant_kernels.compiled.fake_quant_traceable`; the "compiled" backend does).
     """
     bits = float(bit_width)
     if binary and bits == 1:

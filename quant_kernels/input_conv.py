@@ -20,20 +20,21 @@ from brevitas.function.ops import max_int, min_int
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from quant_kernels.reference import SCALING_MIN_VAL, scale_of
+from quant_kernels.reference import SCALING_MIN_VAL, integer_bits, scale_of
 
 
 def threshold_tangent(
-    x: Tensor, y: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool = False
+    x: Tensor, y: Tensor, threshold: Tensor, bit_width: Tensor | float, signed: bool, narrow: bool,
+    binary: bool = False,
 ) -> Tensor:
     """``dy/dt`` per element of ``y = fake_quant(x, t, ...)``, with the straight-through estimator
     the kernels use: ``(y - [not clipped] * x) * sign(t) / max(|t|, 1e-10)`` (0 where |t| < 1e-10).
 
     Integer quantizers: ``y = s * clamp(round(x / s))`` with ``s = |t| / n``, so ``dy/ds`` is
     ``(y - x) / s`` inside the clamp range and ``y / s`` outside; binary ones: ``y = sign(x) * |t|``.
-    Tensor ops only (the bit-width stays a tensor), so it traces under ``torch.compile``.
+    Tensor ops only (a tensor bit-width stays a tensor), so it traces under ``torch.compile``.
     """
-    int_bits = bit_width.clamp_min(2) if binary else bit_width
+    int_bits = integer_bits(bit_width, binary)
     q = torch.round(x / scale_of(threshold, int_bits, signed, narrow))
     inside = (q >= min_int(signed, narrow, int_bits)) & (q <= max_int(signed, narrow, int_bits))
     if binary:
@@ -50,14 +51,14 @@ class _QuantInputConv2d(torch.autograd.Function):
         fake_quant, bit_width, signed, narrow, binary = quant
         y = fake_quant(x, threshold, bit_width, signed, narrow, binary)
         out = F.conv2d(y, weight, bias, *conv)
-        ctx.save_for_backward(x, y, threshold, bit_width, weight)
-        ctx.quant, ctx.conv, ctx.has_bias = (signed, narrow, binary), conv, bias is not None
+        ctx.save_for_backward(x, y, threshold, weight)
+        ctx.quant, ctx.conv, ctx.has_bias = (bit_width, signed, narrow, binary), conv, bias is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, y, threshold, bit_width, weight = ctx.saved_tensors
+        x, y, threshold, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         w = weight.to(g.dtype)  # under autocast the forward ran in g's dtype
@@ -72,7 +73,7 @@ class _QuantInputConv2d(torch.autograd.Function):
             )
             return gw, gb
 
-        inputs = [y] + ([threshold_tangent(x, y, threshold, bit_width, *ctx.quant)] if need_t else [])
+        inputs = [y] + ([threshold_tangent(x, y, threshold, *ctx.quant)] if need_t else [])
         if groups == 1:  # one kernel call for both: the inputs stacked along the channels
             gw_all, gb = weight_grad(torch.cat(inputs, 1), w.repeat(1, len(inputs), 1, 1), need_b)
             grads = gw_all.chunk(len(inputs), 1)
@@ -86,12 +87,13 @@ class _QuantInputConv2d(torch.autograd.Function):
 
 
 def conv2d_quantized_input(
-    x: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool,
+    x: Tensor, threshold: Tensor, bit_width: Tensor | float, signed: bool, narrow: bool, binary: bool,
     fake_quant: Callable, weight: Tensor, bias: Tensor | None,
     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
 ) -> Tensor:
     """``F.conv2d(fake_quant(x, threshold, ...), weight, bias, ...)`` for an ``x`` that needs no
-    gradient and a per-tensor ``threshold``: gradients for threshold, weight and bias only."""
+    gradient and a per-tensor ``threshold``: gradients for threshold, weight and bias only.
+    ``bit_width`` is what ``fake_quant`` takes (a tensor, or a Python number for the fused kernel)."""
     if x.requires_grad or threshold.numel() != 1:
         raise ValueError("conv2d_quantized_input needs an input without gradient and a per-tensor threshold")
     return _QuantInputConv2d.apply(

@@ -8,15 +8,38 @@ are zero. Signed values are stored in two's complement on ``bits`` bits.
 
 Binary (1-bit) weights have codes -1/+1, which signed 1-bit two's complement cannot hold; pack
 them as unsigned sign bits: ``pack((codes > 0).to(torch.uint8), 1, signed=False)``.
+
+A packed export (``weights.bin`` + ``weights.json``) is read back by :func:`read_packed`, which
+needs nothing of qspos. ``weights.json`` is::
+
+    {"format": "qspos-packed-2", "byte_order": "little", "bit_order": "lsb-first",
+     "layers": [{"name", "shape", "bits", "encoding": "int" | "binary", "signed", "narrow_range",
+                 "offset", "nbytes", "scale", "zero_point", "scale_axis",
+                 "input_bits", "input_scale", "input_zero_point", "input_signed", "input_narrow"}]}
+
+Layer ``name``'s codes are bytes ``[offset, offset + nbytes)`` of ``weights.bin``, packed as above
+(``bits`` per value, ``signed``: two's complement); ``encoding`` ``"binary"`` stores one bit per
+weight, 1 for +1 and 0 for -1. ``narrow_range``: the codes avoid the most negative value (a signed
+b-bit code lies in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``). A weight is ``(code - zero_point) * scale``,
+with one scale (and zero point) per index of axis ``scale_axis`` (the output channel). An input
+is quantized per tensor: ``clamp(round(x / input_scale) + input_zero_point)`` to the range of
+``input_bits`` / ``input_signed`` / ``input_narrow`` (all null: the layer's input stays float).
+A ``qspos-packed-1`` header (before the sign, narrow-range and zero-point fields) reads the same.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+WEIGHTS_FILE, HEADER_FILE = "weights.bin", "weights.json"
 
 
 def packed_size(n: int, bits: int) -> int:
@@ -67,6 +90,51 @@ def unpack(data: bytes | Tensor, bits: int, shape: int | Sequence[int], signed: 
     if signed:
         codes -= (codes >> (bits - 1) & 1) << bits  # sign-extend
     return torch.from_numpy(codes).reshape(shape)
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """One layer of a packed export: its integer codes and its ``weights.json`` entry."""
+
+    codes: Tensor  # int64, the weight's shape; binary weights as -1/+1
+    entry: dict[str, Any]  # the layer's ``weights.json`` entry
+
+    @property
+    def scale(self) -> Tensor:
+        """The weights' scale, shaped to broadcast against the codes along ``scale_axis``."""
+        return self._per_channel(self.entry["scale"], torch.float32)
+
+    @property
+    def zero_point(self) -> Tensor:
+        """The weights' zero point, shaped as :attr:`scale` (0 in a ``qspos-packed-1`` header)."""
+        return self._per_channel(self.entry.get("zero_point", 0), torch.int64)
+
+    def dequantized(self) -> Tensor:
+        """The float32 weights: ``(codes - zero_point) * scale``."""
+        return (self.codes - self.zero_point).to(torch.float32) * self.scale
+
+    def _per_channel(self, values: Any, dtype: torch.dtype) -> Tensor:
+        t = torch.tensor(values, dtype=dtype).flatten()
+        if t.numel() == 1:
+            return t.reshape([1] * self.codes.dim())
+        shape = [1] * self.codes.dim()
+        shape[self.entry.get("scale_axis", 0)] = -1
+        return t.view(shape)
+
+
+def read_packed(directory: str | Path) -> dict[str, PackedLayer]:
+    """The layers of the packed export in ``directory`` (``weights.bin`` + ``weights.json``, see
+    the module's docstring), by name, in file order."""
+    directory = Path(directory)
+    header = json.loads((directory / HEADER_FILE).read_text())
+    blob = (directory / WEIGHTS_FILE).read_bytes()
+    out = {}
+    for entry in header["layers"]:
+        binary = entry["encoding"] == "binary"
+        data = blob[entry["offset"]: entry["offset"] + entry["nbytes"]]
+        codes = unpack(data, entry["bits"], entry["shape"], signed=entry.get("signed", True) and not binary)
+        out[entry["name"]] = PackedLayer(2 * codes - 1 if binary else codes, entry)
+    return out
 
 
 def _check_bits(bits: int) -> None:

@@ -32,6 +32,15 @@ def int_threshold(bit_width: Tensor, signed: bool, narrow: bool) -> Tensor:
     return max_int(signed, narrow, bit_width)
 
 
+def integer_bits(bit_width: Tensor | float, binary: bool) -> Tensor | float:
+    """The bit-width the integer branch runs at: at least 2 beside a binary branch (at 1 bit its
+    scale is t / 0 = inf, and the inf * 0 of the unselected branch would turn every gradient into
+    NaN). Takes a tensor or a Python number and returns the same kind (nothing is read back)."""
+    if not binary:
+        return bit_width
+    return bit_width.clamp_min(2) if isinstance(bit_width, Tensor) else max(bit_width, 2)
+
+
 def scale_of(threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool) -> Tensor:
     return threshold.abs().clamp_min(SCALING_MIN_VAL) / int_threshold(bit_width, signed, narrow)
 
@@ -39,12 +48,9 @@ def scale_of(threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool) -
 def fake_quant(
     x: Tensor, threshold: Tensor, bit_width: Tensor, signed: bool, narrow: bool, binary: bool = False
 ) -> Tensor:
-    """Quantize-dequantize ``x``; ``binary=True`` adds the 1-bit signed branch (chosen by value).
-
-    The integer branch is evaluated at >= 2 bits when ``binary`` is set: at 1 bit its scale is
-    t / 0 = inf, and the inf * 0 of the unselected branch would turn every gradient into NaN.
-    """
-    int_bits = bit_width.clamp_min(2) if binary else bit_width
+    """Quantize-dequantize ``x``; ``binary=True`` adds the 1-bit signed branch (chosen by value;
+    the integer branch runs at :func:`integer_bits`)."""
+    int_bits = integer_bits(bit_width, binary)
     scale = scale_of(threshold, int_bits, signed, narrow)
     q = tensor_clamp(round_ste(x / scale), min_int(signed, narrow, int_bits), max_int(signed, narrow, int_bits))
     y = q * scale

@@ -1,7 +1,11 @@
-"""Tiny configs for the tests, and a searchable run directory that needs no trained supernet."""
+"""Tiny configs for the tests, a searchable run directory that needs no trained supernet, and a
+counter of the reads from tensors to the host."""
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -54,3 +58,29 @@ TRAIN_CONFIG = {
 
 def train_config(*overrides: str) -> Config:
     return load_config(TRAIN_CONFIG, list(overrides))
+
+
+READS = ("item", "tolist", "cpu", "numpy", "__int__", "__index__", "__float__", "__bool__")
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[Counter]:
+    """Counts calls of every ``Tensor`` method that copies a value to the host, by method name."""
+    counts: Counter = Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def counting(name: str):
+        original = originals[name]
+
+        def read(self, *args, **kwargs):
+            counts[name] += 1
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in READS:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)

@@ -18,7 +18,8 @@ import qspos
 ROOT = Path(qspos.__file__).parent
 # bottom to top; a module may import from its own layer or any layer below
 LAYERS = {"qspos._version": 0, "qspos.errors": 0, "qspos.core": 1, "qspos.models": 2, "qspos.runtime": 3,
-          "qspos.stages": 4, "qspos.api": 5, "qspos.cli": 6, "qspos.__main__": 6}
+          "qspos.formats": 4, "qspos.results": 4, "qspos.stages": 5, "qspos.api": 6, "qspos.cli": 7,
+          "qspos.__main__": 7}
 
 
 def _modules() -> dict[str, Path]:

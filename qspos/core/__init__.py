@@ -1,5 +1,6 @@
-"""The model-side core: archs, spaces, searchable layers, the supernet, costs, budgets, latency
-tables, threshold calibration and the genome operators of the search.
+"""The model-side core: archs, spaces, searchable layers (``layers/``), the supernet, costs,
+budgets, latency tables, threshold calibration, the genome operators and loop of the search,
+statistics, and disjoint sets (union-find).
 
 Nothing here reads a config or touches a file: every object is built from plain values, so a
 user's own training loop can use it directly. Layer 1 of the package (above ``qspos.errors``).

@@ -53,6 +53,11 @@ class Budget:
                 return False
         return True
 
+    def under_bounds(self, metrics: Mapping[str, float]) -> bool:
+        """Are ``metrics`` at or under every upper bound (the band's floor aside)? What a baseline
+        needs to count as an alternative within this budget, e.g. a uniform net below it."""
+        return all(hi is None or metrics[metric] <= hi for metric, (_, hi) in self.limits.items())
+
 
 def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") -> None:
     """Syntax check of budget entries (no supernet needed): fails early, naming the key."""

@@ -12,10 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from qspos.core.arch import Arch
-from qspos.core.layers import SearchableConv2d, SearchableLayer, channels
+from qspos.core.layers import FLOAT_BITS, SearchableConv2d, SearchableLayer, channels
 from qspos.core.supernet import Supernet
-
-FLOAT_BITS = 32  # an unquantized operand counts 32 bits
 
 
 @dataclass(frozen=True)

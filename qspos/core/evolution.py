@@ -1,4 +1,4 @@
-"""The genome side of the evolutionary search (SPOS, Guo et al. 2020, Sec. 3.4).
+"""The evolutionary search (SPOS, Guo et al. 2020, Sec. 3.4): its genome operators and its loop.
 
 Each generation: the top-k archs evaluated so far are the parents; ``mutation_count`` children
 by mutation (each choice point resampled with ``mutation_prob``) and ``crossover_count`` by
@@ -7,12 +7,17 @@ most ``max_tries`` attempts per kind; the population is refilled with random arc
 A budget that admits only a sliver of the space may defeat rejection sampling for the first
 population; the evolution then starts from known-feasible seeds and mutation explores from there.
 Everything here is a pure function of the RNG, so every rank of a torchrun job breeds the same.
+
+The loop (:func:`generations`) runs from an :class:`EvolutionState`, one generation at a time, so
+that a caller may save the state between generations and resume (the search stage does) or
+keep it in memory (:func:`evolve`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from qspos.core.arch import Arch
@@ -20,6 +25,8 @@ from qspos.core.space import Space
 from qspos.errors import QsposError
 
 Accept = Callable[[Arch], bool]
+Evaluate = Callable[[Sequence[Arch]], list[float]]  # scores of archs, higher is better
+Rank = Callable[[Sequence[str]], list[str]]  # digests of evaluated archs, best first
 
 
 class BreedSettings(Protocol):
@@ -89,6 +96,34 @@ def breed(space: Space, parents: Sequence[Arch], rng: random.Random, accept: Acc
     return children + random_archs(space, rng, accept, seen, refill, cfg.max_tries)
 
 
+@dataclass
+class EvolutionState:
+    """Where an evolution stands between two generations: with it, the loop goes on as if it had
+    never stopped."""
+
+    rng: random.Random  # breeds the next generations
+    population: list[Arch]  # the next generation to evaluate (empty: the evolution is over)
+    generation: int = 0  # generations evaluated
+    evaluated: dict[str, Arch] = field(default_factory=dict)  # by digest, in the order evaluated
+
+
+def generations(state: EvolutionState, space: Space, evaluate: Evaluate, rank: Rank, accept: Accept,
+                settings: BreedSettings, iterations: int, topk: int) -> Iterator[list[float]]:
+    """Evaluate ``state.population``, breed the next one from the ``topk`` best evaluated so far,
+    and so on up to ``iterations`` generations. Yields each generation's scores once ``state``
+    has moved past it (the moment to save it)."""
+    while state.generation < iterations and state.population:
+        population = state.population
+        scores = evaluate(population)
+        state.evaluated.update((a.digest(), a) for a in population)
+        state.generation += 1
+        state.population = []
+        if state.generation < iterations:
+            parents = [state.evaluated[d] for d in rank(list(state.evaluated))[:topk]]
+            state.population = breed(space, parents, state.rng, accept, set(state.evaluated), settings)
+        yield scores
+
+
 def evolve(space: Space, score: Callable[[Arch], float], accept: Accept, tiebreak: Callable[[Arch], float],
            settings: BreedSettings, iterations: int, topk: int, rng: random.Random) -> list[tuple[Arch, float]]:
     """Every arch the evolution evaluated with its score, best first (ties: larger ``tiebreak``).
@@ -101,17 +136,17 @@ def evolve(space: Space, score: Callable[[Arch], float], accept: Accept, tiebrea
     if not population:
         raise QsposError(f"no arch in {settings.max_tries} uniform samples meets the budget, nor the "
                          "space's cheapest arch; loosen it")
-    archs: dict[str, Arch] = {}
+    state = EvolutionState(rng, population)
     scores: dict[str, float] = {}
-    for generation in range(iterations):
-        for arch in population:
-            archs[arch.digest()] = arch
-            scores[arch.digest()] = float(score(arch))
-        if generation + 1 == iterations:
-            break
-        top = ranked(list(scores), scores, {d: tiebreak(a) for d, a in archs.items()})
-        population = breed(space, [archs[d] for d in top[:topk]], rng, accept, set(scores), settings)
-        if not population:
-            break
-    order = ranked(list(scores), scores, {d: tiebreak(a) for d, a in archs.items()})
-    return [(archs[d], scores[d]) for d in order]
+    costs: dict[str, float] = {}
+
+    def evaluate(archs: Sequence[Arch]) -> list[float]:
+        out = [float(score(a)) for a in archs]
+        for a, s in zip(archs, out):
+            scores[a.digest()], costs[a.digest()] = s, tiebreak(a)
+        return out
+
+    for _ in generations(state, space, evaluate, lambda ds: ranked(ds, scores, costs), accept, settings,
+                         iterations, topk):
+        pass
+    return [(state.evaluated[d], scores[d]) for d in ranked(list(scores), scores, costs)]

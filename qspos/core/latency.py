@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from qspos.core.cost import FLOAT_BITS, Cost, CostModel, LayerPlan, trace_shapes
-from qspos.core.layers import SearchableConv2d, SearchableLayer, channels
+from qspos.core.cost import Cost, CostModel, LayerPlan, trace_shapes
+from qspos.core.layers import FLOAT_BITS, SearchableConv2d, SearchableLayer, channels
 from qspos.core.space import Space
 from qspos.core.supernet import Supernet
 from qspos.errors import QsposError

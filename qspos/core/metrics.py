@@ -8,6 +8,7 @@ import math
 from qspos.core.arch import Arch
 from qspos.core.cost import CostModel
 from qspos.core.latency import LatencyTable
+from qspos.core.union_find import UnionFind
 from qspos.errors import QsposError
 
 _MAX_COMPONENT = 1_000_000  # archs enumerated per independent group of choice points
@@ -57,20 +58,11 @@ class ArchMetrics:
         return self._extremes[key]
 
     def groups(self) -> list[list[str]]:
-        """Choice points partitioned by the layers that link them (union-find): every metric is a
-        sum of one term per group, each a function of that group's choices alone."""
-        parent = {name: name for name in self.space.names}
-
-        def root(n: str) -> str:
-            while parent[n] != n:
-                n = parent[n]
-            return n
-
+        """Choice points partitioned by the layers that link them: every metric is a sum of one
+        term per group, each a function of that group's choices alone."""
+        sets = UnionFind(self.space.names)
         for p in self.cost_model.plan:
             linked = [n for n in (p.bits_point, p.in_point, p.out_point) if n is not None]
             for other in linked[1:]:
-                parent[root(other)] = root(linked[0])
-        groups: dict[str, list[str]] = {}
-        for name in self.space.names:
-            groups.setdefault(root(name), []).append(name)
-        return list(groups.values())
+                sets.union(linked[0], other)
+        return sets.groups()

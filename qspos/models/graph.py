@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from qspos.core.union_find import UnionFind
 from qspos.errors import QsposError
 
 # modules and functions that keep every channel where it is (elementwise, pooling, padding)
@@ -136,30 +137,28 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 class _Spaces:
-    """Union-find over channel spaces, with each class's channel count and pin reasons."""
+    """Channel spaces joined when coupled, with each one's channel count and each set's pin reasons."""
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self.sets: UnionFind[int] = UnionFind()
         self.channels: list[int] = []
         self.reasons: dict[int, list[str]] = {}
 
     def new(self, channels: int, reason: str | None = None) -> int:
-        self.parent.append(len(self.parent))
+        s = len(self.channels)
+        self.sets.add(s)
         self.channels.append(channels)
         if reason:
-            self.pin(len(self.parent) - 1, reason)
-        return len(self.parent) - 1
+            self.pin(s, reason)
+        return s
 
     def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
+        return self.sets.find(s)
 
     def union(self, a: int, b: int) -> int:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            self.parent[rb] = ra
+            self.sets.union(ra, rb)
             self.reasons.setdefault(ra, []).extend(self.reasons.pop(rb, []))
         return ra
 
@@ -263,112 +262,124 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
     """Trace ``model`` on one input of ``input_shape`` (C, H, W) and find its layers' channel
     groups, the groups that may shrink, and the layers whose inputs are non-negative."""
     gm = _traced(model, input_shape)
-    modules = dict(gm.named_modules())
     _refuse_hidden_layers(gm, dict(model.named_modules()))
     _output(gm, type(model).__name__)
-    spaces = _Spaces()
-    space_of: dict[fx.Node, int] = {}
-    nonneg: dict[fx.Node, bool] = {}
-    layers: dict[str, tuple[nn.Module, int, int, bool, bool]] = {}
-    norms: list[tuple[str, int]] = []
+    a = _Analysis(dict(gm.named_modules()))
+    for node in gm.graph.nodes:
+        a.visit(node)
+    return _collect(a.spaces, a.layers, a.norms, *_ends(gm, a.layers))
 
-    def space(node: fx.Node) -> int:
-        if node not in space_of:  # a tensor made by an op we did not model: keep it as it is
-            space_of[node] = spaces.new(_shape(node)[1] if len(_shape(node)) > 1 else 1, f"made {_where(node)}")
-        return space_of[node]
 
-    def keep(node: fx.Node, src: fx.Node) -> None:
+class _Analysis:
+    """One pass over a traced graph, node by node: the channel space of every tensor, the
+    non-negative ones, and the channel spaces each Conv2d/Linear reads and writes."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.spaces = _Spaces()
+        self.space_of: dict[fx.Node, int] = {}
+        self.nonneg: dict[fx.Node, bool] = {}
+        self.layers: dict[str, tuple[nn.Module, int, int, bool, bool]] = {}
+        self.norms: list[tuple[str, int]] = []
+
+    def space(self, node: fx.Node) -> int:
+        if node not in self.space_of:  # a tensor made by an op we did not model: keep it as it is
+            self.space_of[node] = self.spaces.new(_shape(node)[1] if len(_shape(node)) > 1 else 1,
+                                                  f"made {_where(node)}")
+        return self.space_of[node]
+
+    def keep(self, node: fx.Node, src: fx.Node) -> None:
         if len(_shape(src)) > 1 and _shape(src)[1] == _shape(node)[1]:
-            space_of[node] = space(src)
+            self.space_of[node] = self.space(src)
         else:  # a channel-keeping op used otherwise (a pad of the channels): not modelled
-            opaque(node, _tensor_args(node))
+            self.opaque(node, _tensor_args(node))
 
-    def opaque(node: fx.Node, args: list[fx.Node]) -> None:
-        reason = f"passes through {_describe(node, modules)}"
+    def opaque(self, node: fx.Node, args: list[fx.Node]) -> None:
+        reason = f"passes through {_describe(node, self.modules)}"
         for a in args:
-            spaces.pin(space(a), reason)
+            self.spaces.pin(self.space(a), reason)
         out = _shape(node)
         if out is not None and len(out) > 1:
-            space_of[node] = spaces.new(out[1], reason)
+            self.space_of[node] = self.spaces.new(out[1], reason)
 
-    for node in gm.graph.nodes:
+    def visit(self, node: fx.Node) -> None:
+        spaces, space_of = self.spaces, self.space_of
         shape = _shape(node)
         args = _tensor_args(node)
-        nonneg[node] = _proves_nonneg(node, modules, args, nonneg)
+        self.nonneg[node] = _proves_nonneg(node, self.modules, args, self.nonneg)
         if node.op == "placeholder":
             if shape is not None and len(shape) > 1:
                 space_of[node] = spaces.new(shape[1], "network input")
-            continue
-        if node.op == "output":
+        elif node.op == "output":
             for a in args:
-                spaces.pin(space(a), "network output")
-            continue
-        if shape is None or len(shape) < 2:  # no channel dim out: sizes, or a split or reduction of the channels
+                spaces.pin(self.space(a), "network output")
+        elif shape is None or len(shape) < 2:  # no channel dim out: sizes, or a split or reduction of the channels
             if args and not _reads_size(node):
-                opaque(node, args)
-            continue
-        if node.op == "get_attr":
+                self.opaque(node, args)
+        elif node.op == "get_attr":
             space_of[node] = spaces.new(shape[1], f"tensor {node.target} used directly")
-            continue
-        if not args:
+        elif not args:
             space_of[node] = spaces.new(shape[1], f"made {_where(node)}")
-            continue
-        x = args[0]
-        if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, nn.Conv2d):
-                depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-                if depthwise:
-                    keep(node, x)
-                elif m.groups > 1:
-                    spaces.pin(space(x), f"read by grouped conv {node.target} ({m.groups} groups)")
-                    space_of[node] = spaces.new(m.out_channels, f"output of grouped conv {node.target}")
-                else:
-                    space_of[node] = spaces.new(m.out_channels)
-                layers[node.target] = (m, space(x), space_of[node], nonneg[x], depthwise)
-            elif isinstance(m, nn.Linear):
-                if len(_shape(x)) != 2:  # its cost, masks and integer check all take (N, features)
-                    raise QsposError(f"model: cannot convert {node.target}: a Linear applied to a {len(_shape(x))}-D "
-                                     f"input {tuple(_shape(x))} (as in ConvNeXt's channels-last blocks); qspos "
-                                     "converts a Linear on (N, features) inputs only: write it as a 1x1 Conv2d")
-                space_of[node] = spaces.new(m.out_features)
-                layers[node.target] = (m, space(x), space_of[node], nonneg[x], False)
-            elif isinstance(m, nn.BatchNorm2d):
-                keep(node, x)
-                norms.append((node.target, space(x)))
-            elif isinstance(m, nn.modules.conv._ConvNd):  # Conv1d/3d, transposed convs: no searchable form
-                raise QsposError(f"model: cannot convert {node.target}: {type(m).__name__} (qspos quantizes Conv2d "
-                                 "and Linear layers; their BitOps would be missing from every budget)")
-            elif isinstance(m, _KEEP_MODULES):
-                keep(node, x)
-            elif isinstance(m, nn.Flatten):
-                _flatten(node, x, spaces, space_of, space, modules)
-            else:
-                opaque(node, args)
+        elif node.op == "call_module":
+            self._module(node, self.modules[node.target], args)
         elif node.op in ("call_function", "call_method"):
-            target = node.target
-            name = getattr(target, "__name__", str(target))
-            if target in _KEEP_FUNCTIONS or target in _KEEP_METHODS or name in _KEEP_FUNCTION_NAMES:
-                keep(node, x)
-            elif target in _BINARY or target in _BINARY_METHODS:
-                _binary(node, args, spaces, space_of, space)
-            elif target in _FLATTEN or target in _FLATTEN_METHODS:
-                _flatten(node, x, spaces, space_of, space, modules)
-            elif target == "mean" and _spatial_dims(node, x):
-                keep(node, x)  # a global average over the spatial dims
-            elif target in _CAT or target == "cat":
-                dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-                joined = dim in (1, -3)
-                reason = f"concatenated {_where(node)}" if joined else f"passes through {_describe(node, modules)}"
-                for a in args:
-                    spaces.pin(space(a), reason)
-                space_of[node] = spaces.new(shape[1], reason)
-            else:
-                opaque(node, args)
+            self._function(node, args, shape)
         else:
-            opaque(node, args)
+            self.opaque(node, args)
 
-    return _collect(spaces, layers, norms, *_ends(gm, layers))
+    def _module(self, node: fx.Node, m: nn.Module, args: list[fx.Node]) -> None:
+        spaces, space_of, x = self.spaces, self.space_of, args[0]
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            if depthwise:
+                self.keep(node, x)
+            elif m.groups > 1:
+                spaces.pin(self.space(x), f"read by grouped conv {node.target} ({m.groups} groups)")
+                space_of[node] = spaces.new(m.out_channels, f"output of grouped conv {node.target}")
+            else:
+                space_of[node] = spaces.new(m.out_channels)
+            self.layers[node.target] = (m, self.space(x), space_of[node], self.nonneg[x], depthwise)
+        elif isinstance(m, nn.Linear):
+            if len(_shape(x)) != 2:  # its cost, masks and integer check all take (N, features)
+                raise QsposError(f"model: cannot convert {node.target}: a Linear applied to a {len(_shape(x))}-D "
+                                 f"input {tuple(_shape(x))} (as in ConvNeXt's channels-last blocks); qspos "
+                                 "converts a Linear on (N, features) inputs only: write it as a 1x1 Conv2d")
+            space_of[node] = spaces.new(m.out_features)
+            self.layers[node.target] = (m, self.space(x), space_of[node], self.nonneg[x], False)
+        elif isinstance(m, nn.BatchNorm2d):
+            self.keep(node, x)
+            self.norms.append((node.target, self.space(x)))
+        elif isinstance(m, nn.modules.conv._ConvNd):  # Conv1d/3d, transposed convs: no searchable form
+            raise QsposError(f"model: cannot convert {node.target}: {type(m).__name__} (qspos quantizes Conv2d "
+                             "and Linear layers; their BitOps would be missing from every budget)")
+        elif isinstance(m, _KEEP_MODULES):
+            self.keep(node, x)
+        elif isinstance(m, nn.Flatten):
+            _flatten(node, x, spaces, space_of, self.space, self.modules)
+        else:
+            self.opaque(node, args)
+
+    def _function(self, node: fx.Node, args: list[fx.Node], shape: tuple[int, ...]) -> None:
+        spaces, space_of, x = self.spaces, self.space_of, args[0]
+        target = node.target
+        name = getattr(target, "__name__", str(target))
+        if target in _KEEP_FUNCTIONS or target in _KEEP_METHODS or name in _KEEP_FUNCTION_NAMES:
+            self.keep(node, x)
+        elif target in _BINARY or target in _BINARY_METHODS:
+            _binary(node, args, spaces, space_of, self.space)
+        elif target in _FLATTEN or target in _FLATTEN_METHODS:
+            _flatten(node, x, spaces, space_of, self.space, self.modules)
+        elif target == "mean" and _spatial_dims(node, x):
+            self.keep(node, x)  # a global average over the spatial dims
+        elif target in _CAT or target == "cat":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            joined = dim in (1, -3)
+            reason = f"concatenated {_where(node)}" if joined else f"passes through {_describe(node, self.modules)}"
+            for a in args:
+                spaces.pin(self.space(a), reason)
+            space_of[node] = spaces.new(shape[1], reason)
+        else:
+            self.opaque(node, args)
 
 
 def _refuse_hidden_layers(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:

@@ -23,7 +23,7 @@ from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_sta
 from qspos.runtime.config import Config, SpaceConfig, load_config
 from qspos.runtime.distributed import pick_device
 from qspos.runtime.rundir import SUPERNET_SECTIONS, fingerprint
-from qspos.runtime.task import OBJECT_PREFIX, current
+from qspos.runtime.task import OBJECT_PREFIX
 from quant_kernels import best_backend
 
 
@@ -52,11 +52,12 @@ class Supernet(core.Supernet):
     """
 
     def __init__(self, net: nn.Module, declaration: SpaceDeclaration, space_cfg: core.SpaceSpec,
-                 input_shape: tuple[int, int, int], layer_entries: list[LayerEntry] | None = None):
+                 input_shape: tuple[int, int, int], layer_entries: list[LayerEntry] | None = None,
+                 notes: list[str] | None = None):
         super().__init__(net, declaration, space_cfg)
         self.input_shape = tuple(input_shape)
         self.layer_entries = layer_entries or []  # what each layer got from the conversion
-        self.notes: list[str] = []  # what fitting a configured model to the task changed (stem, head)
+        self.notes = notes or []  # what fitting a configured model to the task changed (stem, head)
         self._costs: CostModel | None = None
 
     @classmethod
@@ -94,26 +95,24 @@ class Supernet(core.Supernet):
         return self._costs.cost(arch)
 
 
-def build_supernet(cfg: Config, device: torch.device | str | None = None) -> Supernet:
-    """The supernet of a config: its model converted at the space's largest width multiplier,
-    with the quant backend for ``device`` (see :func:`quant_backend`). What was changed to fit
-    the model to the task (stem, head) is in ``supernet.notes``, what each layer got from the
-    conversion in ``supernet.layer_entries``."""
-    converted, notes = convert_model(cfg)
-    supernet = Supernet(converted.net, converted.declaration, cfg.space, cfg.input_shape, converted.layers)
-    supernet.notes = notes
+def build_supernet(cfg: Config, device: torch.device | str | None = None, given: nn.Module | None = None) -> Supernet:
+    """The supernet of a config: its model (or the caller's ``given`` one) converted at the
+    space's largest width multiplier, with the quant backend for ``device`` (see
+    :func:`quant_backend`). What was changed to fit the model to the task (stem, head) is in
+    ``supernet.notes``, what each layer got from the conversion in ``supernet.layer_entries``."""
+    converted, notes = convert_model(cfg, given)
+    supernet = Supernet(converted.net, converted.declaration, cfg.space, cfg.input_shape, converted.layers, notes)
     supernet.set_quant_backend(quant_backend(cfg, device))
     return supernet
 
 
-def convert_model(cfg: Config) -> tuple[Converted, list[str]]:
-    """The config's model (or the running task's, see ``runtime.task``), built and converted,
-    and the notes of what fitting it changed.
+def convert_model(cfg: Config, given: nn.Module | None = None) -> tuple[Converted, list[str]]:
+    """The config's model (or the caller's ``given`` one, see ``runtime.task``), built and
+    converted, and the notes of what fitting it changed.
 
     A string ``model.args.weights`` names a local float state-dict file, loaded here (nothing is
     downloaded).
     """
-    given = current().model
     if given is not None:
         return convert(given, cfg.input_shape, max(cfg.space.width_multipliers), cfg.space.tie), []
     if cfg.model.name.startswith(OBJECT_PREFIX):
@@ -128,7 +127,7 @@ def convert_model(cfg: Config) -> tuple[Converted, list[str]]:
 
 
 def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True,
-                  device: torch.device | str | None = None) -> Supernet:
+                  device: torch.device | str | None = None, given: nn.Module | None = None) -> Supernet:
     """A supernet of ``cfg`` with the weights of a training checkpoint (``supernet.pt``).
 
     Refuses a checkpoint whose model/space differ from the config, or (by default) one whose
@@ -140,32 +139,33 @@ def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True,
         raise QsposError(f"{path} was trained with another model/space config than this one")
     if require_complete and not state.get("complete", False):
         raise QsposError(f"{path} is an unfinished training checkpoint; finish it with 'qspos train --resume'")
-    supernet = build_supernet(cfg, device)
+    supernet = build_supernet(cfg, device, given)
     load_model_state(supernet, state["model"], path)
     return supernet.to(device) if device is not None else supernet
 
 
-def load_finetuned(cfg: Config, path: str | Path) -> tuple[nn.Module, Arch]:
-    """A fine-tuned net (``model.pt``) and its arch, rebuilt from the config's backbone."""
-    return finetuned_from_state(cfg, load_checkpoint(path, require=("model", "arch")), Path(path))
+def load_finetuned(cfg: Config, path: str | Path, given: nn.Module | None = None) -> tuple[nn.Module, Arch]:
+    """A fine-tuned net (``model.pt``) and its arch, rebuilt from the config's backbone (or the
+    caller's ``given`` model)."""
+    return finetuned_from_state(cfg, load_checkpoint(path, require=("model", "arch")), Path(path), given)
 
 
-def finetuned_from_state(cfg: Config, state: dict, path: Path) -> tuple[nn.Module, Arch]:
+def finetuned_from_state(cfg: Config, state: dict, path: Path,
+                         given: nn.Module | None = None) -> tuple[nn.Module, Arch]:
     """The net of a loaded ``model.pt`` (``path`` names it in errors), in eval mode."""
     if state.get("fingerprint") != fingerprint(cfg, *SUPERNET_SECTIONS):
         raise QsposError(f"{path} holds a net of another model/space config than this one")
-    supernet = build_supernet(cfg)
+    supernet = build_supernet(cfg, given=given)
     arch = supernet.space.validate(Arch.from_dict(state["arch"]))
     model = supernet.extract(arch)
     load_model_state(model, state["model"], path)
     return model.eval(), arch
 
 
-def float_model(cfg: Config) -> nn.Module:
+def float_model(cfg: Config, given: nn.Module | None = None) -> nn.Module:
     """The config's backbone as a plain float network (fresh weights drawn from ``cfg.seed``),
-    or a copy of the running task's model with its own weights."""
+    or a copy of the caller's ``given`` model with its own weights."""
     torch.manual_seed(cfg.seed)
-    given = current().model
     if given is not None:
         return copy.deepcopy(given)
     args = {k: v for k, v in cfg.model.args.items() if k != "weights"}  # trained from scratch

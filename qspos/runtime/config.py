@@ -77,8 +77,24 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    """What every training loop (supernet training and fine-tuning) is configured by."""
+class LoopSettings:
+    """How a training loop runs, not what it computes: a resume may change these. Every other
+    setting of a training section is its recipe, which a resume must match."""
+
+    log_every: int = 20
+    checkpoint_every: int = 200
+    amp: bool = True  # used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    device: str = "auto"
+
+
+LOOP_SETTINGS = frozenset(f.name for f in dataclasses.fields(LoopSettings))
+
+
+@dataclass
+class OptimConfig(LoopSettings):
+    """What every training loop (supernet training, fine-tuning, the float teacher) is configured
+    by: its recipe, and the loop settings it inherits."""
 
     epochs: float = 10.0
     max_steps: int | None = None  # stop after this many steps (overrides epochs when smaller)
@@ -89,11 +105,6 @@ class OptimConfig:
     schedule: Literal["cosine", "linear"] = "cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    log_every: int = 20
-    checkpoint_every: int = 200
-    amp: bool = True  # used on CUDA only
-    channels_last: bool = True  # used on CUDA only
-    device: str = "auto"
     # teacher: learn from the float teacher's logits as well as the labels (knowledge distillation):
     # loss = distill_weight * T^2 * KL(teacher_T || student_T) + (1 - distill_weight) * cross-entropy
     distill: Literal["none", "teacher"] = "none"
@@ -107,6 +118,11 @@ class TrainConfig(OptimConfig):
     sampling: Literal["uniform", "budget"] = "uniform"  # budget: uniform among archs in the range
     sampling_budget: dict[str, Any] = field(default_factory=dict)
     threshold_init_batches: int = 4
+    # inplace: BigNAS's sandwich rule (in-place distillation): each step trains the largest path on
+    # the labels, then the smallest and inplace_paths sampled paths on its logits (the distill_*
+    # settings), and updates once; teacher: every sampled path learns from the float teacher
+    distill: Literal["none", "teacher", "inplace"] = "none"
+    inplace_paths: int = 2
     # torch.compile the training step: max-width compute with channel masks, one graph for every
     # path (quant.backend auto then means compiled)
     compile: bool = False
@@ -163,12 +179,17 @@ class SearchConfig:
     seed: int = 0
 
 
+# the export formats, spelled once for the config and the command line (``qspos.formats.registry``
+# holds a writer and a checker under each name)
+ExportFormat = Literal["onnx-qcdq", "qonnx", "packed"]
+EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+
+
 @dataclass
 class ExportConfig:
-    formats: list[Literal["onnx-qcdq", "qonnx", "packed"]] = field(
-        default_factory=lambda: ["onnx-qcdq", "qonnx", "packed"]
-    )
+    formats: list[ExportFormat] = field(default_factory=lambda: list(EXPORT_FORMATS))
     check_batch: int = 256  # images whose ONNX logits are compared with PyTorch's
+    timing_runs: int = 20  # runs of the optimised QCDQ and float files timed at batch 1 and 64 (0: none)
 
 
 @dataclass
@@ -368,39 +389,7 @@ def _validate_optim(o: OptimConfig, section: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
-    s = cfg.space
-    if s.pairs is not None and (s.weight_bits is not None or s.act_bits is not None):
-        raise QsposError("space: give either pairs or weight_bits x act_bits, not both")
-    if s.pairs is None and (s.weight_bits is None or s.act_bits is None):
-        raise QsposError("space: give pairs, or both weight_bits and act_bits")
-    if s.pairs is not None:
-        if not s.pairs:
-            raise QsposError("space.pairs: empty domain")
-        for i, pair in enumerate(s.pairs):
-            if len(pair) != 2:
-                raise QsposError(f"space.pairs[{i}]: expected [w_bits, a_bits], got {pair}")
-            _check_bits(pair[0], f"space.pairs[{i}]")
-            _check_bits(pair[1], f"space.pairs[{i}]")
-    else:
-        for key in ("weight_bits", "act_bits"):
-            values = getattr(s, key)
-            if not values:
-                raise QsposError(f"space.{key}: empty domain")
-            for i, b in enumerate(values):
-                _check_bits(b, f"space.{key}[{i}]")
-    if not s.width_multipliers:
-        raise QsposError("space.width_multipliers: empty domain")
-    for i, m in enumerate(s.width_multipliers):
-        if not 0 < m <= 4:
-            raise QsposError(f"space.width_multipliers[{i}]: {m} is outside (0, 4]")
-    for key in ("pairs", "weight_bits", "act_bits", "width_multipliers"):
-        values = [tuple(v) if isinstance(v, list) else v for v in getattr(s, key) or []]
-        if len(set(values)) != len(values):
-            raise QsposError(f"space.{key}: duplicate entries (the space would count and sample them twice)")
-    for part in ("first", "last"):
-        fixed = getattr(s, part)
-        _check_bits(fixed.w_bits, f"space.{part}.w_bits", allow_none=True)
-        _check_bits(fixed.a_bits, f"space.{part}.a_bits", allow_none=True)
+    _validate_space(cfg.space)
     positive = {
         "model.num_classes": cfg.model.num_classes,
         "model.in_channels": cfg.model.in_channels,
@@ -435,6 +424,8 @@ def _validate(cfg: Config) -> None:
     _validate_optim(cfg.finetune, "finetune")
     if cfg.float.distill != "none":
         raise QsposError(f"float.distill: the float teacher learns from the labels only, got {cfg.float.distill!r}")
+    if cfg.train.inplace_paths < 0:
+        raise QsposError(f"train.inplace_paths: must be >= 0, got {cfg.train.inplace_paths}")
     if cfg.train.threshold_init_batches < 0:
         raise QsposError(f"train.threshold_init_batches: must be >= 0, got {cfg.train.threshold_init_batches}")
     if cfg.train.sampling == "budget" and not cfg.train.sampling_budget:
@@ -447,6 +438,41 @@ def _validate(cfg: Config) -> None:
     if not cfg.log.interval_s > 0:
         raise QsposError(f"log.interval_s: must be positive, got {cfg.log.interval_s!r}")
     _validate_search(cfg.search)
+
+
+def _validate_space(s: SpaceConfig) -> None:
+    if s.pairs is not None and (s.weight_bits is not None or s.act_bits is not None):
+        raise QsposError("space: give either pairs or weight_bits x act_bits, not both")
+    if s.pairs is None and (s.weight_bits is None or s.act_bits is None):
+        raise QsposError("space: give pairs, or both weight_bits and act_bits")
+    if s.pairs is not None:
+        if not s.pairs:
+            raise QsposError("space.pairs: empty domain")
+        for i, pair in enumerate(s.pairs):
+            if len(pair) != 2:
+                raise QsposError(f"space.pairs[{i}]: expected [w_bits, a_bits], got {pair}")
+            _check_bits(pair[0], f"space.pairs[{i}]")
+            _check_bits(pair[1], f"space.pairs[{i}]")
+    else:
+        for key in ("weight_bits", "act_bits"):
+            values = getattr(s, key)
+            if not values:
+                raise QsposError(f"space.{key}: empty domain")
+            for i, b in enumerate(values):
+                _check_bits(b, f"space.{key}[{i}]")
+    if not s.width_multipliers:
+        raise QsposError("space.width_multipliers: empty domain")
+    for i, m in enumerate(s.width_multipliers):
+        if not 0 < m <= 4:
+            raise QsposError(f"space.width_multipliers[{i}]: {m} is outside (0, 4]")
+    for key in ("pairs", "weight_bits", "act_bits", "width_multipliers"):
+        values = [tuple(v) if isinstance(v, list) else v for v in getattr(s, key) or []]
+        if len(set(values)) != len(values):
+            raise QsposError(f"space.{key}: duplicate entries (the space would count and sample them twice)")
+    for part in ("first", "last"):
+        fixed = getattr(s, part)
+        _check_bits(fixed.w_bits, f"space.{part}.w_bits", allow_none=True)
+        _check_bits(fixed.a_bits, f"space.{part}.a_bits", allow_none=True)
 
 
 def _validate_finetune(f: FinetuneConfig) -> None:

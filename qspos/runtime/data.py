@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from qspos.errors import QsposError
 from qspos.runtime.config import DataConfig, ModelConfig
-from qspos.runtime.task import Task, current, dataset_of
+from qspos.runtime.task import NO_TASK, Task, dataset_of
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MEAN_STD = {
@@ -235,10 +235,9 @@ def split_indices(n: int, val_size: int, seed: int, train_subset: int | None = N
     return sorted(train), sorted(val)
 
 
-def load_splits(cfg: DataConfig, model: ModelConfig) -> DataSplits:
+def load_splits(cfg: DataConfig, model: ModelConfig, task: Task = NO_TASK) -> DataSplits:
     """The three splits of the configured dataset (the val split is held out of train), or of
-    the data the running task passed (``runtime.task``)."""
-    task = current()
+    the data the caller's ``task`` holds."""
     if task.has_data:
         return _task_splits(cfg, task)
     if cfg.dataset == "objects":

@@ -18,7 +18,7 @@ from qspos.core.arch import Arch
 from qspos.runtime.config import Config
 from qspos.runtime.data import DataSplits, make_loader, sample_subset, subset_in_memory
 from qspos.runtime.distributed import Dist
-from qspos.runtime.task import current
+from qspos.runtime.task import Score
 
 IN_MEMORY_BYTES = 1 << 30  # fixed image sets up to this size are held as ready batches
 
@@ -56,15 +56,15 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, device: torch.device | st
 
 
 @torch.no_grad()
-def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str) -> tuple[float, float | None]:
+def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device | str,
+                  score: Score | None = None) -> tuple[float, float | None]:
     """(top-1, top-5) accuracy over ``loader`` as fractions in [0, 1], in eval mode; with the
-    running task's score (``runtime.task``), (score, None).
+    caller's ``score`` (``runtime.task``), (score, None).
 
     Top-5 is top-k with k = min(5, number of classes). The model's mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
-    score = current().score
     if score is not None:
         try:
             return float(score(model, _OnDevice(loader, device))), None
@@ -97,12 +97,13 @@ class _OnDevice:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def split_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, workers: int,
-                   device: torch.device | str) -> tuple[float | None, float | None]:
-    """(top-1, top-5) on a whole split, or (None, None) when it is empty (``data.val_size: 0``)."""
+def split_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, workers: int, device: torch.device | str,
+                   score: Score | None = None) -> tuple[float | None, float | None]:
+    """(top-1, top-5), or the caller's (score, None), on a whole split; (None, None) when it is
+    empty (``data.val_size: 0``)."""
     if len(dataset) == 0:
         return None, None
-    return evaluate_top1(model, make_loader(dataset, batch_size, shuffle=False, workers=workers), device)
+    return evaluate_top1(model, make_loader(dataset, batch_size, shuffle=False, workers=workers), device, score)
 
 
 def _correct(logits: Tensor, y: Tensor) -> tuple[int, int]:
@@ -146,8 +147,9 @@ class CandidateEvaluator:
         device: torch.device | str,
         dist: Dist | None = None,
         cache: dict[str, float] | None = None,
+        score: Score | None = None,
     ):
-        self.supernet, self.calib, self.val, self.device = supernet, calib, val, device
+        self.supernet, self.calib, self.val, self.device, self.score = supernet, calib, val, device, score
         self.dist = dist or Dist()
         self.cache: dict[str, float] = {} if cache is None else cache
         self.computed = 0  # candidates this process evaluated (cache misses it was dealt)
@@ -171,18 +173,19 @@ class CandidateEvaluator:
         """One uncached evaluation: activate the path, recalibrate BN, top-1 on ``val``."""
         self.supernet.set_arch(arch)
         recalibrate_bn(self.supernet, self.calib, self.device)
-        return evaluate_top1(self.supernet, self.val, self.device)[0]
+        return evaluate_top1(self.supernet, self.val, self.device, self.score)[0]
 
 
 def search_evaluator(cfg: Config, supernet: nn.Module, splits: DataSplits, device: torch.device | str,
-                     dist: Dist | None = None, cache: dict[str, float] | None = None) -> CandidateEvaluator:
+                     dist: Dist | None = None, cache: dict[str, float] | None = None,
+                     score: Score | None = None) -> CandidateEvaluator:
     """The judge of archs on a supernet, as the search uses it: BN recalibrated on
     ``search.calib_images`` and scored on ``search.val_images``, both class-balanced samples
-    fixed by ``data.split_seed``."""
+    fixed by ``data.split_seed``; ``score``: the caller's, instead of top-1."""
     d, s = cfg.data, cfg.search
     return CandidateEvaluator(
         supernet,
         fixed_batches(splits.calib, s.calib_images, d.eval_batch_size, d.split_seed, d.workers),
         fixed_batches(splits.val, s.val_images, d.eval_batch_size, d.split_seed, d.workers),
-        device, dist, cache,
+        device, dist, cache, score,
     )

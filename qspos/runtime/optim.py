@@ -16,9 +16,10 @@ from torch import nn
 
 from qspos.runtime.config import OptimConfig
 
-# Basic (view-producing) index of the used part of a parameter, e.g. (row, slice(0, k)).
+# Basic (view-producing) index of the used part of a parameter, e.g. (row, slice(0, k)); or a
+# mask of the elements several paths used (see :func:`union_parts`); None: all of it.
 Index = tuple[int | slice, ...]
-ActiveParts = Mapping[nn.Parameter, Index | None]
+ActiveParts = Mapping[nn.Parameter, Index | torch.Tensor | None]
 
 
 class MaskedSGD(torch.optim.Optimizer):
@@ -34,7 +35,7 @@ class MaskedSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, active: ActiveParts | None = None) -> None:  # type: ignore[override]
-        """One update; ``active[p]`` is the index of the part of ``p`` to update (others: all)."""
+        """One update; ``active[p]`` is the index (or mask) of the part of ``p`` to update (others: all)."""
         active = active or {}
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -42,6 +43,9 @@ class MaskedSGD(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 idx = active.get(p)
+                if isinstance(idx, torch.Tensor):
+                    self._masked_step(p, idx, group)
+                    continue
                 idx = idx if idx is not None else (...,)
                 w, d = p[idx], p.grad[idx]
                 if wd:
@@ -54,6 +58,44 @@ class MaskedSGD(torch.optim.Optimizer):
                     buf.mul_(mom).add_(d)
                     d = d.add(buf, alpha=mom) if group["nesterov"] else buf
                 w.add_(d, alpha=-lr)
+
+    def _masked_step(self, p: nn.Parameter, mask: torch.Tensor, group: dict[str, Any]) -> None:
+        """The same update on the elements ``mask`` selects; the others, momentum included, stay."""
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        d = p.grad.add(p, alpha=wd) if wd else p.grad
+        if mom:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            new_buf = buf.mul(mom).add_(d)
+            d = d.add(new_buf, alpha=mom) if group["nesterov"] else new_buf
+            buf.copy_(torch.where(mask, new_buf, buf))
+        p.copy_(torch.where(mask, p.add(d, alpha=-lr), p))
+
+
+def union_parts(parts: Iterable[ActiveParts]) -> dict[nn.Parameter, Index | torch.Tensor | None]:
+    """The parts that several paths used, for one update after all of them (BigNAS's sandwich
+    rule): their common index where they agree, else a mask of every element any of them used.
+    A parameter that some path uses whole (or does not list) is updated whole."""
+    parts = list(parts)
+    seen: dict[nn.Parameter, list] = {}
+    for part in parts:
+        for p, idx in part.items():
+            seen.setdefault(p, []).append(idx)
+    union: dict[nn.Parameter, Index | torch.Tensor | None] = {}
+    for p, idxs in seen.items():
+        if len(idxs) < len(parts) or any(i is None for i in idxs):
+            union[p] = None
+            continue
+        if all(i == idxs[0] for i in idxs):
+            union[p] = idxs[0]
+            continue
+        mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+        for i in idxs:
+            mask[i] = True
+        union[p] = mask
+    return union
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from qspos.runtime.numbers import percent, points
+
 _WIDE = 400  # columns of a console that is not a terminal: wide enough for any of our tables
 
 
@@ -207,11 +209,6 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     return t
 
 
-def percent(v: float | None) -> str | None:
-    """An accuracy fraction as a table cell: ``0.9123`` -> ``91.23%`` (None stays empty)."""
-    return None if v is None else f"{100 * v:.2f}%"
-
-
 TOP1 = "top-1"  # the default score: top-1 accuracy
 
 
@@ -240,7 +237,7 @@ class ScoreFormat:
 
     def number(self, v: float) -> str:
         """``v`` under a header that gives the unit: ``91.23`` (top-1 in %), ``15.37``."""
-        return f"{100 * v:.2f}" if self.accuracy else f"{v:.4g}"
+        return points(v) if self.accuracy else f"{v:.4g}"
 
     def text(self, v: float | None) -> str | None:
         """A table cell (None stays empty): ``91.23%``, or ``15.37`` for a caller's score."""

@@ -1,8 +1,9 @@
 """What a Python caller passes besides the config: its model, data, loss and score.
 
 A :class:`Task` wins over the config's ``model`` and ``data`` sections and over cross-entropy and
-top-1. The stages read it from the context the API sets (``with using(task): ...``), so a stage
-called from the command line, with no task, behaves as the config says.
+top-1. The API passes it to the stages, and they pass each object to what uses it (the model to
+the build, the data to the splits, the loss to the training objective, the score to evaluation);
+a stage called from the command line gets :data:`NO_TASK` and behaves as the config says.
 
 - ``model``: an ``nn.Module`` (converted as any model is); the run directory then records
   ``model.name: object:<module>.<Class>``, and reloading the run needs the same object again.
@@ -22,9 +23,7 @@ called from the command line, with no task, behaves as the config says.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +48,10 @@ class Task:
     loss: Loss | None = None
     score: Score | None = None
 
+    def __post_init__(self) -> None:
+        if (self.val is not None or self.test is not None) and self.train is None:
+            raise QsposError("data: pass train= too when passing val= or test= (the supernet trains on it)")
+
     @property
     def has_data(self) -> bool:
         return self.train is not None
@@ -66,25 +69,7 @@ class Task:
         return f"{OBJECT_PREFIX}{cls.__module__}.{cls.__qualname__}"
 
 
-_NONE = Task()
-_current: ContextVar[Task | None] = ContextVar("qspos_task", default=None)
-
-
-def current() -> Task:
-    """The task of the running API call (an empty one on the command line)."""
-    return _current.get() or _NONE
-
-
-@contextlib.contextmanager
-def using(task: Task) -> Iterator[Task]:
-    """Run the stages inside with ``task``'s objects."""
-    if (task.val is not None or task.test is not None) and task.train is None:
-        raise QsposError("data: pass train= too when passing val= or test= (the supernet trains on it)")
-    token = _current.set(task)
-    try:
-        yield task
-    finally:
-        _current.reset(token)
+NO_TASK = Task()  # the command line's: everything as the config says
 
 
 def dataset_of(data: Data) -> Dataset:

@@ -21,7 +21,7 @@ from qspos.runtime.build import float_model
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
 from qspos.runtime.config import Config, OptimConfig
 from qspos.runtime.rundir import RunDir, fingerprint
-from qspos.runtime.task import current
+from qspos.runtime.task import NO_TASK, Task
 
 
 def float_fingerprint(cfg: Config) -> str:
@@ -29,9 +29,9 @@ def float_fingerprint(cfg: Config) -> str:
     return f"{fingerprint(cfg, 'model')}-float"
 
 
-def teacher_state(cfg: Config, run: RunDir) -> tuple[dict[str, Tensor] | None, str]:
+def teacher_state(cfg: Config, run: RunDir, given: nn.Module | None = None) -> tuple[dict[str, Tensor] | None, str]:
     """The teacher's float state dict and where it comes from (see the module doc); the state is
-    None for the caller's model object, whose own weights are the teacher."""
+    None for the caller's ``given`` model, whose own weights are the teacher."""
     if cfg.float.checkpoint:
         return load_state_dict_file(cfg.float.checkpoint), f"float.checkpoint ({cfg.float.checkpoint})"
     if run.float_net.done:
@@ -43,7 +43,7 @@ def teacher_state(cfg: Config, run: RunDir) -> tuple[dict[str, Tensor] | None, s
     weights = cfg.model.args.get("weights")
     if isinstance(weights, str):
         return load_state_dict_file(weights), f"model.args.weights ({weights})"
-    if current().model is not None:
+    if given is not None:
         return None, "the model object passed"
     raise QsposError(f"no float teacher for this run: train one with 'qspos float CONFIG --out {run.path}', "
                      "or name a pretrained one with float.checkpoint (a state dict of the model)")
@@ -54,10 +54,10 @@ def needs_teacher(cfg: Config) -> bool:
     return cfg.train.init == "teacher" or "teacher" in (cfg.train.distill, cfg.finetune.distill)
 
 
-def trains_teacher(cfg: Config) -> bool:
+def trains_teacher(cfg: Config, given: nn.Module | None = None) -> bool:
     """Is the teacher the run's own ``float/`` (trained, or copied from ``float.checkpoint``), not
-    the weights the model is built from or the caller's model object?"""
-    built_from = isinstance(cfg.model.args.get("weights"), str) or current().model is not None
+    the weights the model is built from or the caller's ``given`` model?"""
+    built_from = isinstance(cfg.model.args.get("weights"), str) or given is not None
     return bool(cfg.float.checkpoint) or not built_from
 
 
@@ -101,21 +101,23 @@ def distill_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
     return weight * soft + (1.0 - weight) * hard
 
 
-def load_teacher(cfg: Config, run: RunDir, optim: OptimConfig, device: torch.device | str) -> Teacher:
-    """The run's teacher (see the module doc) on ``device``, frozen, with ``optim``'s distillation
-    settings."""
-    if current().loss is not None:
+def load_teacher(cfg: Config, run: RunDir, optim: OptimConfig, device: torch.device | str,
+                 task: Task = NO_TASK) -> Teacher:
+    """The run's teacher (see the module doc; ``task``: the caller's objects) on ``device``,
+    frozen, with ``optim``'s distillation settings."""
+    if task.loss is not None:
         raise QsposError("distill: teacher learns from class logits, which a caller's own loss does not "
                          "give: set distill to none, or distil inside your loss")
-    state, source = teacher_state(cfg, run)
-    model = float_model(cfg)
+    state, source = teacher_state(cfg, run, task.model)
+    model = float_model(cfg, task.model)
     if state is not None:
         load_model_state(model, state, source)
     model.eval().requires_grad_(False).to(device)
     return Teacher(model, optim.distill_temperature, optim.distill_weight, source, teacher_digest(model))
 
 
-def teacher_of(cfg: Config, run: RunDir, optim: OptimConfig, device: torch.device | str) -> Teacher | None:
+def teacher_of(cfg: Config, run: RunDir, optim: OptimConfig, device: torch.device | str,
+               task: Task = NO_TASK) -> Teacher | None:
     """The teacher when ``optim`` distils from one, else None."""
-    return load_teacher(cfg, run, optim, device) if optim.distill == "teacher" else None
+    return load_teacher(cfg, run, optim, device, task) if optim.distill == "teacher" else None
 

@@ -19,6 +19,7 @@ from qspos.runtime.data import calibration_loader, load_splits
 from qspos.runtime.distributed import pick_device
 from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
 from qspos.runtime.files import load_arch
+from qspos.runtime.task import NO_TASK, Task
 
 
 class _Measured(Protocol):
@@ -34,19 +35,26 @@ def result_record(result: _Measured, **paths: str) -> dict[str, Any]:
     return d
 
 
+@dataclass(kw_only=True)
+class Measured:
+    """What every result record of a net holds: its test accuracy (fractions; top-5 is None
+    under a caller's score) and its cost."""
+
+    test_top1: float
+    test_top5: float | None
+    macs: int
+    bitops: int
+    size_bits: int
+
+
 @dataclass
-class EvalResult:
+class EvalResult(Measured):
     """Test-split accuracy and cost of one checkpoint (+ arch)."""
 
     checkpoint: Path
     kind: str  # "finetune" (arch stored inside) or "supernet" (arch given, BN recalibrated)
     arch: Arch
-    test_top1: float
-    test_top5: float
-    macs: int
-    bitops: int
     searched_bitops: int
-    size_bits: int
 
     def to_dict(self) -> dict[str, Any]:
         return result_record(self, checkpoint=str(self.checkpoint))
@@ -59,18 +67,20 @@ class EvalResult:
         return self.checkpoint.with_name(f"{self.checkpoint.stem}.eval-{self.arch.digest()}.json")
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | Path | None = None) -> EvalResult:
-    """Test top-1/top-5, BitOps and size of a fine-tuned net (``model.pt``, arch inside), or of
-    one path of a supernet checkpoint (``arch`` given; BN recalibrated on training images)."""
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | Path | None = None, *,
+                        task: Task = NO_TASK) -> EvalResult:
+    """Test top-1/top-5 (or the ``task``'s score), BitOps and size of a fine-tuned net
+    (``model.pt``, arch inside), or of one path of a supernet checkpoint (``arch`` given; BN
+    recalibrated on training images)."""
     path = Path(checkpoint)
     if isinstance(arch, (str, Path)):
         arch = load_arch(arch)
     state = load_checkpoint(path, require=("model",))
     device = pick_device(cfg.finetune.device)
-    splits = load_splits(cfg.data, cfg.model)
+    splits = load_splits(cfg.data, cfg.model, task)
     d = cfg.data
     if "arch" in state:
-        model, stored = finetuned_from_state(cfg, state, path)
+        model, stored = finetuned_from_state(cfg, state, path, task.model)
         if arch is not None and arch != stored:
             raise QsposError(f"{path} holds arch {stored.digest()}, not the given {arch.digest()}")
         arch, kind = stored, "finetune"
@@ -78,10 +88,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, arch: Arch | str | 
         if arch is None:
             raise QsposError(f"{path} is not a fine-tuned net (no arch inside): give the arch "
                              "to evaluate on this supernet with --arch")
-        supernet = load_supernet(cfg, path, require_complete=False, device=device)
+        supernet = load_supernet(cfg, path, require_complete=False, device=device, given=task.model)
         model, kind = supernet.extract(supernet.space.validate(arch)), "supernet"
         calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
         recalibrate_bn(model, calib, device)
-    top1, top5 = split_accuracy(model.to(device), splits.test, d.eval_batch_size, d.workers, device)
-    cost = CostModel(build_supernet(cfg), cfg.input_shape).metrics(arch)
-    return EvalResult(path, kind, arch, top1, top5, **cost)
+    top1, top5 = split_accuracy(model.to(device), splits.test, d.eval_batch_size, d.workers, device, task.score)
+    cost = CostModel(build_supernet(cfg, given=task.model), cfg.input_shape).metrics(arch)
+    return EvalResult(path, kind, arch, test_top1=top1, test_top5=top5, **cost)

@@ -24,6 +24,7 @@ from qspos.core.calibrate import init_act_thresholds
 from qspos.core.cost import CostModel
 from qspos.core.space import Space
 from qspos.errors import QsposError
+from qspos.results.search_results import SearchResult
 from qspos.runtime.build import (
     build_supernet,
     load_finetuned,
@@ -39,10 +40,11 @@ from qspos.runtime.evaluate import recalibrate_bn, split_accuracy
 from qspos.runtime.files import load_arch, save_arch, write_json
 from qspos.runtime.progress import ScoreFormat, console, table
 from qspos.runtime.rundir import SUPERNET_SECTIONS, NetDir, RunDir, data_identity, fingerprint, holds_run_dir
+from qspos.runtime.task import NO_TASK, Task
 from qspos.runtime.teacher import Teacher, teacher_of
-from qspos.runtime.trainer import check_finished, fit, training_recipe
-from qspos.stages.evaluate import result_record
-from qspos.stages.search_results import SearchResult
+from qspos.runtime.train_state import check_finished, training_recipe
+from qspos.runtime.trainer import Objective, fit
+from qspos.stages.evaluate import Measured, result_record
 from quant_kernels.brevitas_impl import set_fused_kernels
 
 
@@ -56,7 +58,7 @@ class Target:
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(Measured):
     """What ``result.json`` holds for one fine-tuned net (accuracies are fractions)."""
 
     name: str
@@ -67,12 +69,7 @@ class FinetuneResult:
     val_top1_before: float | None  # after BN recalibration, before any training step
     val_top1: float | None
     val_top5: float | None
-    test_top1: float
-    test_top5: float
-    macs: int
-    bitops: int
     searched_bitops: int
-    size_bits: int
     steps: int
     train_seconds: float
     val_images: int | None = None  # the sizes of the splits the accuracies were measured on
@@ -122,16 +119,18 @@ def finetune_targets(
 # ---------------------------------------------------------------------------- building the net
 
 
-def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any, device: torch.device) -> nn.Module:
-    """The standalone Brevitas net of ``arch``, initialised as ``finetune.init`` says, with its
-    BatchNorm statistics recalibrated on ``calib`` (a loader of training images)."""
+def init_model(cfg: Config, arch: Arch, run_dir: str | Path | RunDir, calib: Any, device: torch.device,
+               given: nn.Module | None = None) -> nn.Module:
+    """The standalone Brevitas net of ``arch`` (of the caller's ``given`` model, if any),
+    initialised as ``finetune.init`` says, with its BatchNorm statistics recalibrated on
+    ``calib`` (a loader of training images)."""
     run = RunDir.of(cfg, run_dir)
     init = cfg.finetune.init
     if init == "supernet":
-        supernet = load_supernet(cfg, run.supernet, device=device)
+        supernet = load_supernet(cfg, run.supernet, device=device, given=given)
     else:  # fresh weights (or the float model's); thresholds from them and from the data
         torch.manual_seed(cfg.seed)
-        supernet = build_supernet(cfg, device).to(device)
+        supernet = build_supernet(cfg, device, given).to(device)
         if init == "float":
             path = cfg.finetune.float_checkpoint
             load_float_weights(supernet, load_state_dict_file(path), path)
@@ -154,16 +153,19 @@ def finetune(
     pick: int | None = None,
     resume: bool = False,
     targets: list[Target] | None = None,
+    *,
+    task: Task = NO_TASK,
 ) -> list[FinetuneResult]:
     """Fine-tune the chosen archs of a run (see :func:`finetune_targets`), or the named
     ``targets`` (e.g. a benchmark's baselines), into ``run_dir/finetune/<name>/``. With
     ``resume``, finished nets are kept and a killed one goes on from its checkpoint; without it,
-    existing outputs are refused. Works under torchrun. ``config.yaml`` is written once the first
-    net's training is accepted (or, when every net is already done, at the end)."""
+    existing outputs are refused. ``task``: the caller's objects. Works under torchrun.
+    ``config.yaml`` is written once the first net's training is accepted (or, when every net is
+    already done, at the end)."""
     run = RunDir.of(cfg, run_dir)
     if isinstance(arch, (str, Path)):
         arch = load_arch(arch)
-    reference = build_supernet(cfg)
+    reference = build_supernet(cfg, given=task.model)
     if targets is None:
         targets = finetune_targets(cfg, run, reference.space, arch, pick)
     else:
@@ -174,9 +176,9 @@ def finetune(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = init_distributed(device)
-    splits = load_splits(cfg.data, cfg.model)
+    splits = load_splits(cfg.data, cfg.model, task)
     costs = CostModel(reference, cfg.input_shape)
-    teacher = teacher_of(cfg, run, cfg.finetune, device)
+    objective = Objective(cfg.finetune.label_smoothing, teacher_of(cfg, run, cfg.finetune, device, task), task.loss)
     recorded = False
 
     def record() -> None:
@@ -189,11 +191,11 @@ def finetune(
     for target in targets:
         net = run.net(target.name)
         if resume and net.done:  # kept only if it was tuned as this config says
-            check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train), teacher))
+            check_finished(net.train_checkpoint, *_identity(cfg, target, len(splits.train), objective.teacher))
         else:
-            _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record, teacher)
+            _finetune_one(cfg, target, run, splits, costs, device, dist, resume, record, objective, task)
         result = FinetuneResult.from_dict(json.loads(net.result.read_text()))
-        result.model = load_finetuned(cfg, net.model)[0]
+        result.model = load_finetuned(cfg, net.model, task.model)[0]
         results.append(result)
     record()
     return results
@@ -208,12 +210,13 @@ def claim_outputs(run: RunDir, targets: list[Target]) -> None:
 
 
 def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, costs: CostModel,
-                  device: torch.device, dist: Dist, resume: bool, on_ready: Any, teacher: Teacher | None) -> None:
+                  device: torch.device, dist: Dist, resume: bool, on_ready: Any, objective: Objective,
+                  task: Task) -> None:
     net = run.net(target.name)
     d, f = cfg.data, cfg.finetune
     calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
-    model = init_model(cfg, target.arch, run, calib, device)
-    val_before = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)[0]
+    model = init_model(cfg, target.arch, run, calib, device, task.model)
+    val_before = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device, task.score)[0]
     if dist.main:
         console.print(f"finetune {target.name}: arch {target.arch.digest()}, init {f.init}, "
                       f"val {cfg.score} before {ScoreFormat(cfg.score).text(val_before)}")
@@ -221,14 +224,15 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     res = fit(
         model, splits.train, f,
         batch_size=d.batch_size, seed=cfg.seed, checkpoint=net.train_checkpoint,
-        fingerprint=_identity(cfg, target, len(splits.train), teacher)[0], resume=resume,
-        recipe=_recipe(cfg, teacher), metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
+        fingerprint=_identity(cfg, target, len(splits.train), objective.teacher)[0], resume=resume,
+        recipe=_recipe(cfg, objective.teacher), objective=objective,
+        metrics=run.metrics_log(cfg, f"finetune/{target.name}", enabled=dist.main),
         dist=dist, device=device, workers=d.workers, desc=f"finetune {target.name}",
-        on_ready=on_ready, progress_interval_s=cfg.log.interval_s, teacher=teacher,
+        on_ready=on_ready, progress_interval_s=cfg.log.interval_s,
     )
     if dist.main:
-        val1, val5 = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device)
-        test1, test5 = split_accuracy(model, splits.test, d.eval_batch_size, d.workers, device)
+        val1, val5 = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device, task.score)
+        test1, test5 = split_accuracy(model, splits.test, d.eval_batch_size, d.workers, device, task.score)
         cost = costs.metrics(target.arch)
         result = FinetuneResult(
             name=target.name, arch=target.arch, dir=net.path, init=f.init, search_val_top1=target.search_val_top1,

@@ -12,29 +12,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch import nn
+
 from qspos.core.cost import CostModel
 from qspos.core.stats import binomial_se
+from qspos.formats.check import LOGIT_RTOL
+from qspos.results.pareto import pareto_plot
+from qspos.results.search_results import SearchResult, choice_text
 from qspos.runtime.build import build_supernet
 from qspos.runtime.files import write_text
+from qspos.runtime.numbers import kib, millions, points
 from qspos.runtime.progress import ScoreFormat, read_metrics
 from qspos.runtime.rundir import RunDir, holds_run_dir
-from qspos.stages.export import LOGIT_RTOL
-from qspos.stages.pareto import pareto_plot
-from qspos.stages.search_results import SearchResult, choice_text
 
 
 @holds_run_dir
-def write_report(run_dir: str | Path | RunDir) -> Path:
-    """(Re)write ``run_dir/report.md`` (and its plot) from the run's outputs; returns its path."""
+def write_report(run_dir: str | Path | RunDir, given: nn.Module | None = None) -> Path:
+    """(Re)write ``run_dir/report.md`` (and its plot) from the run's outputs (``given``: the
+    caller's model, for a run made from one); returns its path."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    write_text(run.report, render_report(run))
+    write_text(run.report, render_report(run, given))
     if run.search_results.is_file():
         _plot(run, SearchResult.load(run.search_results), _read_all(run.finetune_results()), _float(run),
               ScoreFormat(run.read_config().score))
     return run.report
 
 
-def render_report(run: RunDir) -> str:
+def render_report(run: RunDir, given: nn.Module | None = None) -> str:
     cfg = run.read_config()
     finetuned = _read_all(run.finetune_results())
     exported = _read_all(run.export_summaries())
@@ -53,7 +57,7 @@ def render_report(run: RunDir) -> str:
     if run.search_results.is_file():
         search = SearchResult.load(run.search_results)
         budgets = {b.name for b in search.budgets}
-        costs = CostModel(build_supernet(cfg), cfg.input_shape)
+        costs = CostModel(build_supernet(cfg, given=given), cfg.input_shape)
         out += _budget_section(search, finetuned, costs, score)
         out += _arch_section(search)
         se = " ± SE" if score.accuracy else ""
@@ -67,7 +71,7 @@ def render_report(run: RunDir) -> str:
     if extra:
         out += ["## Other fine-tuned nets", "", "| net | BitOps | weights | val before | val | test |",
                 "|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {r['name']} | {_m(r['bitops'])} | {_kib(r['size_bits'])} "
+        out += [f"| {r['name']} | {millions(r['bitops'])} | {kib(r['size_bits'])} "
                 f"| {_s(score, r['val_top1_before'], r.get('val_images'))} "
                 f"| {_ft(r, score)} |" for r in extra]
         out.append("")
@@ -88,8 +92,9 @@ def _float_section(result: dict | None, score: ScoreFormat) -> list[str]:
     return ["## Float baseline", "",
             f"The backbone unquantized (32-bit operands), trained from scratch with the fine-tuning recipe "
             f"({result['steps']} steps): test {score.name} {_s(score, result['test_top1'], result['test_images'])}, "
-            f"val {score.name} {_s(score, result['val_top1'], result['val_images'])}; {_m(result['bitops'])} M BitOps, "
-            f"{_kib(result['size_bits'])} KiB of weights. The line across the plot below.", ""]
+            f"val {score.name} {_s(score, result['val_top1'], result['val_images'])}; "
+            f"{millions(result['bitops'])} M BitOps, {kib(result['size_bits'])} KiB of weights. "
+            "The line across the plot below.", ""]
 
 
 def _supernet_section(metrics: Path, n_val: int, score: ScoreFormat) -> list[str]:
@@ -123,19 +128,19 @@ def _budget_section(search: SearchResult, finetuned: dict[str, dict], costs: Cos
         best, ft = b.best[0], finetuned.get(b.name, {})
         use = f" ({100 * b.budget_use:.0f} % of the budget)" if b.budget_use is not None else ""
         filled = f", {len(b.fill)} fill step(s)" if b.fill else ""
-        lines.append(f"| {b.name} | searched `{best.digest}`{filled} | {_m(best.bitops)}{use} | {_kib(best.size_bits)} "
-                     f"| {_s(score, best.val_top1, n)} | {_ft(ft, score)} |")
+        lines.append(f"| {b.name} | searched `{best.digest}`{filled} | {millions(best.bitops)}{use} "
+                     f"| {kib(best.size_bits)} | {_s(score, best.val_top1, n)} | {_ft(ft, score)} |")
         u = b.uniform
         if u:
             uft = finetuned.get(f"{b.name}-uniform", {})
-            size = _kib(costs.uniform(u.w_bits, u.a_bits).size_bits)
+            size = kib(costs.uniform(u.w_bits, u.a_bits).size_bits)
             note = "" if u.in_domain else " (outside the space)"
-            lines.append(f"| {b.name} | uniform W{u.w_bits}A{u.a_bits}{note} | {_m(u.bitops)} | {size} "
+            lines.append(f"| {b.name} | uniform W{u.w_bits}A{u.a_bits}{note} | {millions(u.bitops)} | {size} "
                          f"| {_s(score, u.val_top1, n)} | {_ft(uft, score)} |")
         r = b.random_best
         if r:
-            lines.append(f"| {b.name} | random search best `{r.digest}` | {_m(r.bitops)} "
-                         f"| {_kib(r.size_bits)} | {_s(score, r.val_top1, n)} | - | - |")
+            lines.append(f"| {b.name} | random search best `{r.digest}` | {millions(r.bitops)} "
+                         f"| {kib(r.size_bits)} | {_s(score, r.val_top1, n)} | - | - |")
     return lines + [""]
 
 
@@ -158,8 +163,9 @@ def _arch_section(search: SearchResult) -> list[str]:
 def _export_section(exported: dict[str, dict]) -> list[str]:
     lines = ["## Exports", "",
              f"Each file run against PyTorch on the same test images (matching: images whose logits are within "
-             f"{LOGIT_RTOL:.0%} of the largest): QCDQ in onnxruntime as written (and its test top-1; "
-             "also with onnxruntime's optimizations, integer kernels with their own roundings: not judged), "
+             f"{LOGIT_RTOL:.0%} of the largest): QCDQ (the deployment net: BatchNorm folded, int32 biases, "
+             "conv outputs quantized) in onnxruntime as written and optimised, and its test top-1 against the "
+             "fine-tuned net's; "
              "QONNX with qonnx's executor, the packed weights as an integer model (quant_kernels.intops, "
              "accumulators against Brevitas' integer codes); the packed size against the cost model's.", "",
              "| net | file | run by | max abs logit diff | matching | same top-1 | test top-1 (PyTorch) "
@@ -212,10 +218,7 @@ def _plot(run: RunDir, search: SearchResult, finetuned: dict[str, dict], float_n
 
 def _p(v: float | None, n: int | None = None) -> str:
     """An accuracy fraction in %, ± its binomial standard error when ``n`` images are known."""
-    if v is None:
-        return "-"
-    se = binomial_se(v, n)
-    return f"{100 * v:.2f}" if se is None else f"{100 * v:.2f} ± {100 * se:.2f}"
+    return points(v, se=binomial_se(v, n))
 
 
 def _s(score: ScoreFormat, v: float | None, n: int | None = None) -> str:
@@ -224,13 +227,6 @@ def _s(score: ScoreFormat, v: float | None, n: int | None = None) -> str:
         return _p(v, n)
     return score.number(v)
 
-
-def _m(v: float | None) -> str:
-    return "-" if v is None else f"{v / 1e6:.2f}"
-
-
-def _kib(bits: float | None) -> str:
-    return "-" if bits is None else f"{bits / 8 / 1024:.1f}"
 
 
 def _num(v: float | None) -> str:

@@ -18,6 +18,7 @@ from qspos.runtime.config import Config
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.progress import ScoreFormat, console, stdout
 from qspos.runtime.rundir import RunDir, holds_run_dir
+from qspos.runtime.task import NO_TASK, Task
 from qspos.runtime.teacher import needs_teacher, trains_teacher
 from qspos.stages.budgets import require_budgets
 from qspos.stages.export import ExportResult, export, export_table
@@ -39,8 +40,10 @@ class RunResult:
 
 
 @holds_run_dir
-def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> RunResult:
-    """The whole pipeline of ``cfg`` into ``run_dir`` (default ``runs/NAME``); see the module doc."""
+def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False, *,
+        task: Task = NO_TASK) -> RunResult:
+    """The whole pipeline of ``cfg`` (``task``: the caller's objects) into ``run_dir`` (default
+    ``runs/NAME``); see the module doc."""
     rd = RunDir.of(cfg, run_dir)
     require_budgets(cfg)  # the search would refuse an empty list, but only after the supernet is trained
     devices = [pick_device(name) for name in (cfg.train.device, cfg.search.device, cfg.finetune.device)]
@@ -49,20 +52,20 @@ def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = 
     dist = init_distributed(devices[0])
     dist.barrier()
 
-    if needs_teacher(cfg) and trains_teacher(cfg):  # an input of the run: kept when there, as the config says
-        train_float(cfg, rd, resume=True)
+    if needs_teacher(cfg) and trains_teacher(cfg, task.model):  # an input of the run: kept when there
+        train_float(cfg, rd, resume=True, task=task)
     trained = None
     if resume and supernet_complete(rd.supernet):
-        check_trained(cfg, rd)
+        check_trained(cfg, rd, task)
         _skip("train", rd.supernet)
     else:
-        trained = train_supernet(cfg, rd, resume=resume)
+        trained = train_supernet(cfg, rd, resume=resume, task=task)
     if resume and search_complete(rd, cfg):
         _skip("search", rd.search_results)
         searched = SearchResult.load(rd.search_results)
     else:
-        searched = search(cfg, rd, resume=resume)
-    tuned = finetune(cfg, rd, resume=resume)
+        searched = search(cfg, rd, resume=resume, task=task)
+    tuned = finetune(cfg, rd, resume=resume, task=task)
     if not dist.main:  # export and report are one process's work
         return RunResult(rd.path, trained, searched, tuned, [], None)
     stdout.print(results_table(tuned, f"fine-tuned nets: {cfg.name}", ScoreFormat(cfg.score)))
@@ -71,9 +74,9 @@ def run(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = 
         _skip("export", rd.path / rd.EXPORT)
         exported = [ExportResult.load(p) for p in summaries]
     else:
-        exported = export(rd)
+        exported = export(rd, task=task)
         stdout.print(export_table(exported))
-    report = write_report(rd)
+    report = write_report(rd, task.model)
     console.print(f"report: {report}")
     return RunResult(rd.path, trained, searched, tuned, exported, report)
 

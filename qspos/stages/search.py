@@ -14,24 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from qspos.core.arch import Arch
 from qspos.core.budget import Budget
-from qspos.core.evolution import Accept, breed, initial_population, random_archs, ranked
+from qspos.core.evolution import Accept, EvolutionState, generations, initial_population, random_archs, ranked
 from qspos.core.fill import fill
 from qspos.core.stats import binomial_se
 from qspos.errors import QsposError
-from qspos.runtime.build import build_supernet, load_supernet
-from qspos.runtime.checkpoint import atomic_save, load_checkpoint, python_rng_state, set_python_rng_state
-from qspos.runtime.config import Config
-from qspos.runtime.data import load_splits
-from qspos.runtime.distributed import init_distributed, pick_device
-from qspos.runtime.evaluate import search_evaluator
-from qspos.runtime.files import write_json, write_text
-from qspos.runtime.progress import ScoreFormat, console, progress_bar, table
-from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
-from qspos.stages.budgets import search_budgets
-from qspos.stages.pareto import pareto_front, pareto_markdown, pareto_plot
-from qspos.stages.search_results import (
+from qspos.results.pareto import pareto_front, pareto_markdown, pareto_plot
+from qspos.results.search_results import (
     BudgetResult,
     Candidate,
     ParetoPoint,
@@ -39,9 +31,19 @@ from qspos.stages.search_results import (
     UniformBaseline,
     choice_text,
 )
+from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.checkpoint import atomic_save
+from qspos.runtime.config import Config
+from qspos.runtime.data import load_splits
+from qspos.runtime.distributed import init_distributed, pick_device
+from qspos.runtime.evaluate import search_evaluator
+from qspos.runtime.files import write_json, write_text
+from qspos.runtime.progress import ScoreFormat, console, progress_bar, table
+from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
+from qspos.runtime.task import NO_TASK, Task
+from qspos.stages.budgets import search_budgets
+from qspos.stages.search_state import BudgetState, Filled, SearchState
 from qspos.stages.sensitivity import measure_and_allocate, write_sensitivity
-
-STATE_VERSION = 1
 
 
 def state_fingerprint(cfg: Config) -> str:
@@ -55,7 +57,7 @@ def state_fingerprint(cfg: Config) -> str:
 class _Search:
     """One search run: the shared cache, per-budget evolution state, and the outputs."""
 
-    def __init__(self, cfg: Config, run: RunDir, resume: bool):
+    def __init__(self, cfg: Config, run: RunDir, resume: bool, task: Task):
         self.cfg, self.scfg, self.run = cfg, cfg.search, run
         self.state_path = run.search_state
         self.device = pick_device(self.scfg.device)
@@ -69,18 +71,20 @@ class _Search:
             raise QsposError(
                 f"{self.state_path} holds an earlier search: pass --resume to continue it, or use another --out"
             )
-        supernet = load_supernet(cfg, ckpt, device=self.device)
+        supernet = load_supernet(cfg, ckpt, device=self.device, given=task.model)
         self.space = supernet.space
         self.metrics, self.budgets = search_budgets(cfg, supernet)
         self.cost_model = self.metrics.cost_model
-        self.state = self._load_state() if resume and self.state_path.is_file() else self._new_state()
+        fp = state_fingerprint(cfg)
+        self.state = SearchState.load(self.state_path, fp) if resume and self.state_path.is_file() else SearchState(fp)
 
-        splits = load_splits(cfg.data, cfg.model)
+        splits = load_splits(cfg.data, cfg.model, task)
         self.val_images = len(splits.val) if self.scfg.val_images is None else min(self.scfg.val_images,
                                                                                   len(splits.val))
         if len(splits.val) == 0:
             raise QsposError("data.val_size is 0: the search needs images held out of the training split")
-        self.evaluator = search_evaluator(cfg, supernet, splits, self.device, self.dist, cache=self.state["cache"])
+        self.evaluator = search_evaluator(cfg, supernet, splits, self.device, self.dist, cache=self.state.cache,
+                                          score=task.score)
         if self.main:
             run.record_config(cfg)
         self.log = run.metrics_log(cfg, "search", enabled=self.main)
@@ -88,38 +92,24 @@ class _Search:
 
     # ------------------------------------------------------------------ state
 
-    def _new_state(self) -> dict:
-        return {"version": STATE_VERSION, "fingerprint": state_fingerprint(self.cfg),
-                "cache": {}, "archs": {}, "budgets": {}}
-
-    def _load_state(self) -> dict:
-        state = load_checkpoint(self.state_path, require=("version", "fingerprint", "cache", "archs", "budgets"))
-        if state.get("version") != STATE_VERSION or state.get("fingerprint") != state_fingerprint(self.cfg):
-            raise QsposError(
-                f"{self.state_path} was saved by a search with another config (model, space, data or "
-                "search settings); rerun without --resume into another --out"
-            )
-        return state
-
     def _save(self) -> None:
         if self.main:
-            atomic_save(self.state, self.state_path)
+            atomic_save(self.state.to_dict(), self.state_path)
 
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, archs: Sequence[Arch]) -> list[float]:
         for a in archs:
-            self.state["archs"].setdefault(a.digest(), a.to_dict())
+            self.state.archs.setdefault(a.digest(), a)
         return self.evaluator(archs)
 
     def bitops(self, digest: str) -> float:
         if digest not in self._bitops:
-            arch = Arch.from_dict(self.state["archs"][digest])
-            self._bitops[digest] = self.metrics(arch)["bitops"]
+            self._bitops[digest] = self.metrics(self.state.archs[digest])["bitops"]
         return self._bitops[digest]
 
     def ranked(self, digests: Sequence[str]) -> list[str]:
-        return ranked(digests, self.state["cache"], {d: self.bitops(d) for d in set(digests)})
+        return ranked(digests, self.state.cache, {d: self.bitops(d) for d in set(digests)})
 
     def accept_fn(self, budget: Budget) -> Accept:
         return lambda arch: budget.accepts(self.metrics(arch))
@@ -134,59 +124,53 @@ class _Search:
     def evolve(self, budget: Budget, bar, task, seed: Arch | None = None) -> None:
         """The evolution under ``budget``, continuing from its saved state; ``seed`` (e.g. the
         sensitivity allocation) joins its first generation."""
-        bs = self.state["budgets"].setdefault(budget.name, {})
+        bs = self.state.budget(budget.name)
         accept = self.accept_fn(budget)
-        rng = random.Random(f"{self.scfg.seed}:evolution:{budget.name}")
-        if "rng" not in bs:
-            population = initial_population(self.space, rng, accept, self.scfg.population, self.scfg.max_tries,
-                                            seeds=self.extreme_archs(budget))
-            if seed is not None and accept(seed) and seed.digest() not in {a.digest() for a in population}:
-                population = [seed, *population][: max(1, self.scfg.population)]
-            if not population:
-                raise QsposError(
-                    f"budget {budget.name}: no arch in {self.scfg.max_tries} uniform samples meets all its "
-                    "limits together, nor does any arch at one limit's extreme; loosen the budget"
-                )
-            if len(population) < self.scfg.population and self.main:
-                console.print(f"[yellow]budget {budget.name}: {len(population)} of {self.scfg.population} "
-                              "first-generation archs found in it (a tight budget); mutation explores from them")
-            bs.update(generation=0, population=[a.to_dict() for a in population], evaluated=[],
-                      rng=python_rng_state(rng), random=None)
-        set_python_rng_state(rng, bs["rng"])
-        bar.update(task, completed=bs["generation"], info=self._info(bs["evaluated"]))
-        while bs["generation"] < self.scfg.iterations and bs["population"]:
-            population = [Arch.from_dict(d) for d in bs["population"]]
-            scores = self.evaluate(population)
-            bs["evaluated"].extend(a.digest() for a in population)
-            bs["generation"] += 1
-            top = self.ranked(bs["evaluated"])
-            if bs["generation"] < self.scfg.iterations:
-                parents = [Arch.from_dict(self.state["archs"][d]) for d in top[: self.scfg.topk]]
-                children = breed(self.space, parents, rng, accept, set(bs["evaluated"]), self.scfg)
-                bs["population"] = [a.to_dict() for a in children]
-            else:
-                bs["population"] = []
-            bs["rng"] = python_rng_state(rng)
+        if bs.evolution is None:
+            bs.evolution = self._first_generation(budget, accept, seed)
+        evo = bs.evolution
+        bar.update(task, completed=evo.generation, info=self._info(bs.evaluated))
+        for scores in generations(evo, self.space, self.evaluate, self.ranked, accept, self.scfg,
+                                  self.scfg.iterations, self.scfg.topk):
             self._save()
-            best = self.state["cache"][top[0]]
-            self.log.write(budget=budget.name, phase="evolution", generation=bs["generation"],
-                           best_val_top1=best, mean_val_top1=sum(scores) / len(scores),
-                           candidates=len(bs["evaluated"]), evaluations=len(self.state["cache"]))
-            bar.update(task, completed=bs["generation"], info=self._info(bs["evaluated"]))
+            evaluated = bs.evaluated
+            self.log.write(budget=budget.name, phase="evolution", generation=evo.generation,
+                           best_val_top1=self.state.cache[self.ranked(evaluated)[0]],
+                           mean_val_top1=sum(scores) / len(scores),
+                           candidates=len(evaluated), evaluations=len(self.state.cache))
+            bar.update(task, completed=evo.generation, info=self._info(evaluated))
+
+    def _first_generation(self, budget: Budget, accept: Accept, seed: Arch | None) -> EvolutionState:
+        """Uniform archs in ``budget`` (or its limits' extreme archs, when none is found), with
+        ``seed`` among them when it is in the budget."""
+        rng = random.Random(f"{self.scfg.seed}:evolution:{budget.name}")
+        population = initial_population(self.space, rng, accept, self.scfg.population, self.scfg.max_tries,
+                                        seeds=self.extreme_archs(budget))
+        if seed is not None and accept(seed) and seed.digest() not in {a.digest() for a in population}:
+            population = [seed, *population][: max(1, self.scfg.population)]
+        if not population:
+            raise QsposError(
+                f"budget {budget.name}: no arch in {self.scfg.max_tries} uniform samples meets all its "
+                "limits together, nor does any arch at one limit's extreme; loosen the budget"
+            )
+        if len(population) < self.scfg.population and self.main:
+            console.print(f"[yellow]budget {budget.name}: {len(population)} of {self.scfg.population} "
+                          "first-generation archs found in it (a tight budget); mutation explores from them")
+        return EvolutionState(rng, population)
 
     def fill(self, budget: Budget) -> None:
         """Raise the evolution's pick while it stays in the budget and its score within its noise
         (``qspos.core.fill``); the steps are kept in the state, so a resumed search skips it."""
-        bs = self.state["budgets"][budget.name]
+        bs = self.state.budget(budget.name)
         pool = self.pool(bs)
-        if "fill" in bs or not pool:
+        if bs.fill is not None or not pool:
             return
         start = self.ranked(pool)[0]
-        score = self.state["cache"][start]
+        score = self.state.cache[start]
         noise = binomial_se(score, self.val_images) if ScoreFormat(self.cfg.score).accuracy else 0.0
-        arch, steps = fill(self.space, Arch.from_dict(self.state["archs"][start]), score, self.evaluate,
+        arch, steps = fill(self.space, self.state.archs[start], score, self.evaluate,
                            self.accept_fn(budget), lambda a: self.metrics(a)["bitops"], noise or 0.0)
-        bs["fill"] = {"pick": arch.digest(), "steps": [step.to_dict() for step in steps]}
+        bs.fill = Filled(arch.digest(), steps)
         self._save()
         if self.main and steps:
             console.print(f"budget {budget.name}: the fill step raised {len(steps)} choice(s), "
@@ -198,44 +182,44 @@ class _Search:
         search's results."""
         result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets)
         for name, arch in result.allocations.items():
-            self.state["budgets"].setdefault(name, {"evaluated": [], "random": None})["sensitivity"] = [arch.digest()]
+            self.state.budget(name).sensitivity = [arch.digest()]
         self._save()
         if self.main:
             write_sensitivity(self.run, result, self.space, ScoreFormat(self.cfg.score))
         return result.allocations
 
-    def pool(self, bs: dict) -> list[str]:
+    def pool(self, bs: BudgetState) -> list[str]:
         """The evaluated archs the ``search.method`` picks from, under one budget."""
-        return {"evolution": bs.get("evaluated"), "random": bs.get("random"),
-                "sensitivity": bs.get("sensitivity")}[self.scfg.method] or []
+        return {"evolution": bs.evaluated, "random": bs.random,
+                "sensitivity": bs.sensitivity}[self.scfg.method] or []
 
     def random_search(self, budget: Budget, bar, task) -> None:
         """Random archs in ``budget``: as many as the evolution evaluated (its baseline), or as
         many as it would (``search.method: random``)."""
-        bs = self.state["budgets"].setdefault(budget.name, {"evaluated": [], "random": None})
-        count = len(bs["evaluated"]) or self.scfg.population * self.scfg.iterations
-        if bs["random"] is None:
+        bs = self.state.budget(budget.name)
+        count = len(bs.evaluated) or self.scfg.population * self.scfg.iterations
+        if bs.random is None:
             rng = random.Random(f"{self.scfg.seed}:random:{budget.name}")
             archs = random_archs(self.space, rng, self.accept_fn(budget), set(), count, self.scfg.max_tries)
             for a in archs:
-                self.state["archs"].setdefault(a.digest(), a.to_dict())
-            bs["random"] = [a.digest() for a in archs]
+                self.state.archs.setdefault(a.digest(), a)
+            bs.random = [a.digest() for a in archs]
             self._save()
             if len(archs) < count and self.main:
                 console.print(f"[yellow]budget {budget.name}: random search found {len(archs)} of "
                               f"{count} archs in {self.scfg.max_tries} samples; its baseline is weaker")
-        digests = bs["random"]
+        digests = bs.random
         step = self.scfg.population
         bar.update(task, total=max(1, -(-len(digests) // step)))
         for i in range(0, len(digests), step):
-            chunk = [Arch.from_dict(self.state["archs"][d]) for d in digests[i : i + step]]
-            fresh = any(a.digest() not in self.state["cache"] for a in chunk)
+            chunk = [self.state.archs[d] for d in digests[i : i + step]]
+            fresh = any(a.digest() not in self.state.cache for a in chunk)
             self.evaluate(chunk)
             if fresh:
                 self._save()
                 self.log.write(budget=budget.name, phase="random", candidates=i + len(chunk),
-                               best_val_top1=self.state["cache"][self.ranked(digests[: i + len(chunk)])[0]],
-                               evaluations=len(self.state["cache"]))
+                               best_val_top1=self.state.cache[self.ranked(digests[: i + len(chunk)])[0]],
+                               evaluations=len(self.state.cache))
             bar.update(task, advance=1, info=self._info(digests[: i + len(chunk)]))
 
     def uniform_baseline(self, budget: Budget) -> UniformBaseline | None:
@@ -251,26 +235,26 @@ class _Search:
     def _info(self, digests: Sequence[str]) -> str:
         if not digests:
             return ""
-        best = max(self.state["cache"][d] for d in digests)
+        best = max(self.state.cache[d] for d in digests)
         return (f"best {ScoreFormat(self.cfg.score).text(best)}  candidates {len(set(digests))}  "
-                f"evaluated {len(self.state['cache'])}")
+                f"evaluated {len(self.state.cache)}")
 
     # ------------------------------------------------------------------ results
 
     def candidate(self, digest: str) -> Candidate:
-        arch = Arch.from_dict(self.state["archs"][digest])
+        arch = self.state.archs[digest]
         cost = self.cost_model.cost(arch)
-        return Candidate(arch, self.state["cache"][digest], cost.macs, cost.bitops, cost.searched_bitops,
+        return Candidate(arch, self.state.cache[digest], cost.macs, cost.bitops, cost.searched_bitops,
                          cost.size_bits, cost.to_dict()["layers"])
 
     def result(self, uniforms: dict[str, UniformBaseline | None]) -> tuple[SearchResult, list[ParetoPoint]]:
         budgets = []
         for b in self.budgets:
-            bs = self.state["budgets"][b.name]
-            rand = bs["random"] or []
+            bs = self.state.budget(b.name)
+            rand = bs.random or []
             picks = self.ranked(self.pool(bs))
-            if "fill" in bs:  # the filled pick first, then the evolution's best
-                picks = [bs["fill"]["pick"]] + [d for d in picks if d != bs["fill"]["pick"]]
+            if bs.fill is not None:  # the filled pick first, then the evolution's best
+                picks = [bs.fill.pick] + [d for d in picks if d != bs.fill.pick]
             budgets.append(BudgetResult(
                 name=b.name,
                 limits={m: list(v) for m, v in b.limits.items()},
@@ -278,16 +262,15 @@ class _Search:
                 best=[self.candidate(d) for d in picks[: self.scfg.topk]],
                 uniform=uniforms[b.name],
                 random_best=self.candidate(self.ranked(rand)[0]) if rand else None,
-                evaluations=len(bs["evaluated"]),
-                random_evaluations=len(rand) if bs["random"] is not None else None,
-                fill=bs["fill"]["steps"] if "fill" in bs else None,
+                evaluations=len(bs.evaluated),
+                random_evaluations=len(rand) if bs.random is not None else None,
+                fill=[step.to_dict() for step in bs.fill.steps] if bs.fill is not None else None,
             ))
         points = [
-            ParetoPoint(arch, top1, self.bitops(d), self.metrics(arch)["size_bits"])
-            for d, top1 in self.state["cache"].items()
-            for arch in [Arch.from_dict(self.state["archs"][d])]
+            ParetoPoint(self.state.archs[d], top1, self.bitops(d), self.metrics(self.state.archs[d])["size_bits"])
+            for d, top1 in self.state.cache.items()
         ]
-        return SearchResult(budgets, pareto_front(points), len(self.state["cache"]), self.val_images,
+        return SearchResult(budgets, pareto_front(points), len(self.state.cache), self.val_images,
                             self.scfg.method), points
 
     def write(self, result: SearchResult, points: list[ParetoPoint]) -> None:
@@ -305,13 +288,15 @@ class _Search:
 
 
 @holds_run_dir
-def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False) -> SearchResult:
-    """Search ``run_dir/supernet.pt`` under every budget of ``cfg.search``; write ``run_dir/search/``.
+def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool = False, *,
+           task: Task = NO_TASK) -> SearchResult:
+    """Search ``run_dir/supernet.pt`` under every budget of ``cfg.search`` (``task``: the caller's
+    objects); write ``run_dir/search/``.
 
     With ``resume``, an interrupted search continues from ``search/state.pt`` and ends with the
     same result as an uninterrupted one.
     """
-    s = _Search(cfg, RunDir.of(cfg, run_dir), resume)
+    s = _Search(cfg, RunDir.of(cfg, run_dir), resume, task)
     method = s.scfg.method
     uniforms: dict[str, UniformBaseline | None] = {}
     allocated = s.sensitivity() if method == "sensitivity" or s.scfg.sensitivity_seed else {}
@@ -340,15 +325,16 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
     return result
 
 
-def evaluations(cfg: Config, run_dir: str | Path | RunDir | None = None) -> list[ParetoPoint]:
+def evaluations(cfg: Config, run_dir: str | Path | RunDir | None = None,
+                given: nn.Module | None = None) -> list[ParetoPoint]:
     """Every arch a search evaluated (evolution, random search and uniform baselines) with its
     supernet val top-1 and its cost, by BitOps: the pool a ranking study samples from."""
     run = RunDir.of(cfg, run_dir)
-    state = load_checkpoint(run.search_state, require=("cache", "archs"))
-    metrics, _ = search_budgets(cfg, build_supernet(cfg))
+    state = SearchState.load(run.search_state)
+    metrics, _ = search_budgets(cfg, build_supernet(cfg, given=given))
     points = []
-    for digest, top1 in state["cache"].items():
-        arch = Arch.from_dict(state["archs"][digest])
+    for digest, top1 in state.cache.items():
+        arch = state.archs[digest]
         m = metrics(arch)
         points.append(ParetoPoint(arch, top1, m["bitops"], m["size_bits"]))
     return sorted(points, key=lambda p: (p.bitops, p.digest))

@@ -20,6 +20,7 @@ from qspos.core.budget import Budget
 from qspos.core.metrics import ArchMetrics
 from qspos.core.sensitivity import Score, Sensitivity, allocations, measure
 from qspos.core.space import Space, choice_order
+from qspos.results.search_results import choice_text
 from qspos.runtime.build import load_supernet
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
@@ -29,7 +30,6 @@ from qspos.runtime.files import atomic_path, write_json, write_text
 from qspos.runtime.progress import ScoreFormat, console, stdout, table
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.budgets import search_budgets
-from qspos.stages.search_results import choice_text
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The accuracy benchmark (``benchmarks/bench_accuracy.py``, ``qspos bench``) end to end at tiny
 size: a first piece trains some nets, a resumed one adds the rest without redoing any, and the
-results (JSON, Markdown, plots) say what is partial. Plus the statistics it reports."""
+results (JSON, Markdown, plots) say what is partial, judged against the benchmark's targets file."""
 
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import shutil
 import sys
@@ -14,11 +15,18 @@ import pytest
 import yaml
 
 from qspos.cli import main
+from qspos.core.budget import parse_budgets
 from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet
 from qspos.runtime.config import load_config
-from qspos.stages.bench import BenchDir, Plan, kendall_tau, run_bench, spearman_rho, spread, top_k_overlap
+from qspos.runtime.rundir import RunDir
+from qspos.stages.bench import BenchDir, Plan, Targets, run_bench, spread
+from qspos.stages.bench.allocation import sensitivity_current
+from qspos.stages.bench.plan import uniform_pairs
+from qspos.stages.budgets import search_budgets
 
 ROOT = Path(__file__).resolve().parents[2]
+TARGETS = Targets.load(ROOT / "benchmarks" / "configs" / "accuracy_targets.yaml")
 
 # ResNet-8 (widths 4/8/8) on 8x8 synthetic images; W8A8 is outside the space (a one-arch variant)
 TINY = {
@@ -44,13 +52,14 @@ def _finished(work: Path) -> dict[str, int]:
 def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     cfg = load_config(TINY)
     work, out = tmp_path / "work", tmp_path / "out"
-    first = run_bench(cfg, work, out, Plan(seeds=1, parts=("float", "uniform"), rank_archs=3, uniform_bits=(2, 8)),
+    pairs = ((2, 2), (8, 8))
+    first = run_bench(cfg, work, out, Plan(seeds=1, parts=("float", "uniform"), rank_archs=3, uniform=pairs),
                       command="piece 1")
     assert first["partial"] and "0/searched-w2a2" in first["missing"]
     kinds = sorted((n["kind"], n["bits"]) for n in first["nets"])
-    assert kinds == [("float", None), ("uniform", 2), ("uniform", 8)]
-    w8 = next(n for n in first["nets"] if n["bits"] == 8)
-    assert w8["init"] == "float" and w8["bitops"] > next(n for n in first["nets"] if n["bits"] == 2)["bitops"]
+    assert kinds == [("float", None), ("uniform", [2, 2]), ("uniform", [8, 8])]
+    w8 = next(n for n in first["nets"] if n["bits"] == [8, 8])
+    assert w8["init"] == "float" and w8["bitops"] > next(n for n in first["nets"] if n["bits"] == [2, 2])["bitops"]
     assert "PARTIAL" in (out / "results.md").read_text()
     done = _finished(work)
     assert len(done) == 6  # float, uniform-w2a2, uniform-w8a8: result.json + model.pt each
@@ -58,16 +67,17 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     with pytest.raises(QsposError, match="--resume"):
         run_bench(cfg, work, out, Plan(seeds=1))
 
-    plan = Plan(seeds=1, rank_archs=3, uniform_bits=(2, 8))
-    res = run_bench(cfg, work, out, plan, resume=True, command="piece 2")
+    plan = Plan(seeds=1, rank_archs=3, uniform=pairs)
+    res = run_bench(cfg, work, out, plan, resume=True, command="piece 2", targets=TARGETS)
     assert {k: v for k, v in _finished(work).items() if k in done} == done  # nothing redone
     assert not res["partial"] and not res["missing"], res["missing"]
-    assert {n["kind"] for n in res["nets"]} == {"float", "uniform", "searched", "random", "rank"}
+    assert {n["kind"] for n in res["nets"]} == {"float", "uniform", "searched", "random", "sensitivity", "rank"}
     for n in res["nets"]:
         assert 0 <= n["test_top1"] <= 1 and n["se"] > 0 and n["bitops"] > 0 and n["seed"] == 0
     assert res["ranking"]["n"] == 3 and [i["command"] for i in res["invocations"]] == ["piece 1", "piece 2"]
     assert all(r["test_top1_std"] is None for r in res["summary"])  # one seed: no std
     on_disk = json.loads((out / "results.json").read_text())
+    _second_edition_schema(on_disk, work)
     assert on_disk["nets"] == res["nets"] and on_disk["commit"] == res["commit"]
     assert {t["target"] for t in on_disk["targets"]} >= {"float test top-1", "evolution - random search at w2a2"}
     md = (out / "results.md").read_text()
@@ -77,7 +87,7 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
     assert f"- w2a2: s0: {count['evaluations']} / {count['random_evaluations']}" in md
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "ranking.png").stat().st_size > 0
     diag = {d["kind"]: d for d in on_disk["diagnosis"]}
-    assert set(diag) == {"uniform", "searched", "random", "rank"} and "## Diagnosis" in md
+    assert set(diag) == {"uniform", "searched", "sensitivity", "random", "rank"} and "## Diagnosis" in md
     searched = next(n for n in res["nets"] if n["kind"] == "searched")
     assert diag["searched"]["search_minus_val_before"] == pytest.approx(
         searched["search_val_top1"] - searched["val_top1_before"])
@@ -90,9 +100,66 @@ def test_bench_in_pieces_never_redoes_a_net(tmp_path):
 
     # the command line reads the same work directory and only rewrites the results
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    assert main(["bench", str(tmp_path / "tiny.yaml"), "--out", str(work), "--seeds", "1", "--report-only"]) == 0
-    assert json.loads((work / "results.json").read_text())["nets"] == res["nets"]
+    assert main(["bench", str(tmp_path / "tiny.yaml"), "--out", str(work), "--seeds", "1", "--report-only",
+                 "--uniform", "2,2", "--uniform", "8,8", "--net", "resnet8"]) == 0
+    rewritten = json.loads((work / "results.json").read_text())
+    assert [{**n, "net": "tiny"} for n in rewritten["nets"]] == res["nets"]
+    assert {n["net"] for n in rewritten["nets"]} == {b["net"] for b in rewritten["budgets"]} == {"resnet8"}
     assert _finished(work) == again and len(json.loads(BenchDir(work).ledger.read_text())) == 3
+    _sensitivity_is_measured_once(cfg, work, out)
+
+
+def _second_edition_schema(res: dict, work: Path) -> None:
+    """Every net and budget carries the net's label (the config's name by default), the uniform
+    nets their (W, A) pair, the sensitivity nets their budget's allocation; each budget its
+    best-fitting uniform net."""
+    for n in res["nets"]:
+        assert {"net", "kind", "budget", "bits", "seed", "bitops", "test_top1", "arch"} <= set(n) and n["net"] == "tiny"
+        assert (n["bits"] is not None) == (n["kind"] == "uniform")
+        assert (n["budget"] is not None) == (n["kind"] in ("searched", "random", "sensitivity"))
+    w2 = next(n for n in res["nets"] if n["name"] == "uniform-w2a2")
+    assert res["budgets"] == [{"net": "tiny", "name": "w2a2", "uniform": [2, 2], "bitops_max": w2["bitops"]}]
+    alloc = json.loads((work / "seed0/search/sensitivity.json").read_text())["allocations"]["w2a2"]
+    (sens,) = [n for n in res["nets"] if n["kind"] == "sensitivity"]
+    assert (sens["name"], sens["budget"], sens["arch"]) == ("sensitivity-w2a2", "w2a2", alloc["arch"])
+    assert sens["search_val_top1"] == alloc["val_top1"]
+    (c,) = res["comparisons"]
+    assert c["best_uniform"] == [2, 2] and c["searched_minus_uniform"]["seeds"] == 1  # W8A8 is over the bound
+    searched = next(n for n in res["nets"] if n["kind"] == "searched")
+    assert c["searched_minus_uniform"]["mean"] == pytest.approx(searched["test_top1"] - w2["test_top1"])
+    assert c["searched_minus_sensitivity"]["mean"] == pytest.approx(searched["test_top1"] - sens["test_top1"])
+    assert c["budget_use"]["sensitivity"]["mean"] == pytest.approx(sens["bitops"] / w2["bitops"])
+
+
+def _sensitivity_is_measured_once(cfg, work: Path, out: Path) -> None:
+    """A sensitivity net to redo reuses the allocation measured on the seed's supernet; a retrained
+    supernet or other budgets make that allocation stale."""
+    run, table = RunDir(work / "seed0"), work / "seed0/search/sensitivity.json"
+    measured_at = table.stat().st_mtime_ns
+    (run.net("sensitivity-w2a2").result).unlink()
+    res = run_bench(cfg, work, out, Plan(seeds=1, parts=("sensitivity",)), resume=True)
+    assert table.stat().st_mtime_ns == measured_at and run.net("sensitivity-w2a2").result.is_file()
+    assert [n["kind"] for n in res["nets"]].count("sensitivity") == 1
+    metrics, budgets = search_budgets(cfg, build_supernet(cfg))
+    assert sensitivity_current(run, metrics, budgets)
+    assert not sensitivity_current(run, metrics, parse_budgets([{"name": "w4a4", "bitops": "uniform 4,4"}], metrics))
+    os.utime(run.supernet, ns=(measured_at + 10**9, measured_at + 10**9))
+    assert not sensitivity_current(run, metrics, budgets)
+
+
+def test_the_uniform_nets_are_every_pair_some_budget_needs():
+    """Each budget's bound (not its floor) decides which uniform pairs of the space it needs; an
+    explicit list wins, a pair outside the space included."""
+    metrics = search_budgets(load_config(TINY), build_supernet(load_config(TINY)))[0]
+
+    def pairs(*entries: dict) -> list[tuple[int, int]]:
+        return uniform_pairs(Plan(), metrics, parse_budgets(list(entries), metrics, floor=0.9))
+
+    assert pairs({"name": "w2a2", "bitops": "uniform 2,2"}) == [(2, 2)]
+    assert pairs({"name": "w2a2", "bitops": "uniform 2,2"}, {"name": "mid", "bitops": "uniform 2,4"}) == [
+        (2, 2), (2, 4), (4, 2)]  # W2A4 and W4A2 cost the same here
+    assert pairs({"name": "w4a4", "bitops": "uniform 4,4"}) == [(2, 2), (2, 4), (4, 2), (4, 4)]  # under the floor too
+    assert uniform_pairs(Plan(uniform=((8, 8),)), metrics, []) == [(8, 8)]
 
 
 def test_results_alone_continue_a_benchmark_on_a_fresh_machine(tmp_path):
@@ -100,7 +167,7 @@ def test_results_alone_continue_a_benchmark_on_a_fresh_machine(tmp_path):
     benchmark to continue: measured nets stay as they are, only the missing one is trained."""
     cfg = load_config(TINY)
     work, fresh, out = tmp_path / "work", tmp_path / "fresh", tmp_path / "out"
-    plan = Plan(seeds=1, parts=("float", "uniform", "searched"), uniform_bits=(2, 8))
+    plan = Plan(seeds=1, parts=("float", "uniform", "searched"), uniform=((2, 2), (8, 8)))
     run_bench(cfg, work, out, plan)
     for f in work.rglob("*"):
         if f.is_file() and f.suffix != ".pt":
@@ -114,7 +181,7 @@ def test_results_alone_continue_a_benchmark_on_a_fresh_machine(tmp_path):
     assert {k: v for k, v in _finished(fresh).items() if k in kept} == kept  # nothing measured is redone
     assert sorted(p.parent.name for p in fresh.rglob("model.pt")) == ["searched-w2a2"]
     assert (fresh / "seed0/supernet.pt").is_file() and len(res["nets"]) == 4
-    assert res["missing"] == ["0/random-w2a2", "0/rank x16"]  # not in this plan
+    assert res["missing"] == ["0/random-w2a2", "0/sensitivity-w2a2", "0/rank x16"]  # not in this plan
 
     trained = _finished(fresh)  # all measured: not even the supernet is needed
     (fresh / "seed0/supernet.pt").unlink()
@@ -127,6 +194,8 @@ def test_bad_requests_are_one_line(tmp_path, monkeypatch):
         Plan(parts=("floats",))
     with pytest.raises(QsposError, match="init"):
         Plan(init="float")
+    with pytest.raises(QsposError, match="w_bits, a_bits"):
+        Plan(uniform=((2, 0),))
     monkeypatch.setattr(sys, "argv", ["bench_accuracy.py", str(tmp_path / "missing.yaml"), "--work",
                                       str(tmp_path / "w"), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as e:
@@ -135,14 +204,5 @@ def test_bad_requests_are_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
-def test_rank_statistics():
-    x = [1, 2, 3, 4, 5]
-    assert kendall_tau(x, x) == 1 and spearman_rho(x, x) == pytest.approx(1)
-    assert kendall_tau(x, x[::-1]) == -1 and spearman_rho(x, x[::-1]) == pytest.approx(-1)
-    # one swapped pair of 10: tau = (9 - 1) / 10
-    assert kendall_tau(x, [2, 1, 3, 4, 5]) == pytest.approx(0.8)
-    # tau-b with the first two tied in y: 2 concordant pairs, 1 tie, sqrt(2 * 3) below
-    assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / (3 * 2) ** 0.5)
-    assert spearman_rho([1, 2, 3], [1, 1, 2]) == pytest.approx(0.8660254)
-    assert top_k_overlap([5, 4, 3, 2, 1], [5, 3, 4, 1, 2], 2) == 0.5
+def test_the_ranking_sample_spreads_over_the_cost_range():  # the rank statistics: tests/core/test_stats.py
     assert spread(list(range(100)), 5) == [0, 25, 50, 74, 99] and spread([1, 2], 5) == [1, 2]

@@ -40,3 +40,18 @@ def test_the_screen_runs_every_arm_once_and_reports_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [*argv, "--report-only"])
     screen.main()
     assert "(partial)" in (tmp_path / "results" / "teacher_screen.md").read_text()
+
+
+def test_the_in_place_arm_trains_with_the_sandwich_rule(tmp_path, monkeypatch):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["float", str(cfg), "--out", str(tmp_path / "teacher")]) == 0
+    monkeypatch.setattr(screen, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["bench_teacher_screen.py", str(cfg), "--teacher",
+                                      str(tmp_path / "teacher" / "float" / "model.pt"), "--work",
+                                      str(tmp_path / "work"), "--arms", "inplace-eqtime", "--name", "inplace"])
+    screen.main()
+    text = (tmp_path / "results" / "inplace.md").read_text()
+    assert "(partial)" not in text and text.count("| inplace-eqtime |") == 2
+    recorded = yaml.safe_load((tmp_path / "work" / "inplace-eqtime" / "config.yaml").read_text())
+    assert recorded["train"]["distill"] == "inplace" and recorded["train"]["init"] == "teacher"

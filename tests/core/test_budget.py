@@ -143,3 +143,10 @@ def test_a_floor_makes_a_band_below_each_bound_without_a_min():
     for bad in (0, 1.5, "high", True):
         with pytest.raises(QsposError, match=r"search.budgets\[0\].floor: a share of the bound in \(0, 1\]"):
             parse_budgets([{"bitops": hi, "floor": bad}], m)
+
+
+def test_a_net_under_every_bound_fits_below_the_floor_too():
+    band = Budget("b", {"bitops": (90.0, 100.0), "size_bits": (None, 50.0)}, floor=0.9)
+    assert band.under_bounds({"bitops": 80, "size_bits": 50}) and not band.accepts({"bitops": 80, "size_bits": 50})
+    assert not band.under_bounds({"bitops": 101, "size_bits": 10})
+    assert not band.under_bounds({"bitops": 95, "size_bits": 51})

@@ -54,3 +54,34 @@ def test_ties_go_to_the_arch_that_spends_more_of_the_budget():
     scores = {"a": 0.5, "b": 0.5, "c": 0.7, "d": 0.5}
     cost = {"a": 10.0, "b": 30.0, "c": 1.0, "d": 30.0}
     assert ranked(list(scores), scores, cost) == ["c", "b", "d", "a"]  # score, then cost, then digest
+
+
+def test_an_evolution_stopped_between_generations_goes_on_to_the_same_end():
+    import copy
+
+    from qspos.core.evolution import EvolutionState, generations, ranked
+
+    space = _space()
+    settings = SimpleNamespace(population=6, mutation_prob=0.3, mutation_count=4, crossover_count=2, max_tries=40)
+    accept = lambda a: _cost(a) <= 60  # noqa: E731
+
+    scores = {}  # the caller's record of every score, kept across the stop
+
+    def run(state, stop_after=None):
+        def evaluate(archs):
+            scores.update((a.digest(), -_cost(a)) for a in archs)
+            return [scores[a.digest()] for a in archs]
+
+        for i, _ in enumerate(generations(state, space, evaluate, lambda ds: ranked(ds, scores, scores), accept,
+                                          settings, iterations=4, topk=2), start=1):
+            if i == stop_after:
+                break
+        return state
+
+    first = initial_population(space, random.Random(0), accept, 6, 40)
+    whole = run(EvolutionState(random.Random(1), list(first)))
+    stopped = run(EvolutionState(random.Random(1), list(first)), stop_after=2)
+    assert stopped.generation == 2 and stopped.population
+    resumed = run(copy.deepcopy(stopped))
+    assert resumed.generation == whole.generation == 4 and not whole.population
+    assert list(resumed.evaluated) == list(whole.evaluated)

@@ -24,6 +24,7 @@ from quant_kernels.brevitas_impl import (
     set_fused_kernels,
     with_fused_kernel,
 )
+from tests.helpers import count_host_reads
 
 
 def _static(layer, w_bits, a_bits, seed=0):
@@ -71,6 +72,20 @@ def test_linear_and_signed_input_equal_default(w_bits, a_bits):
     fused = copy.deepcopy(default)
     set_fused_kernels(fused)
     _assert_same(default, fused, torch.randn(7, 16))
+
+
+def test_a_constant_bit_width_is_not_read_back_in_a_step():
+    """Read once, when the fused module is built: a step then reads no more than default Brevitas
+    does (whose quant-tensor conv handler reads the operands' signedness itself)."""
+    default = _static(SearchableConv2d(4, 8, 3), 3, 4)
+    fused = copy.deepcopy(default)
+    set_fused_kernels(fused)
+    reads = []
+    for module in (default, fused):
+        with count_host_reads() as counts:
+            _step(module, torch.rand(2, 4, 6, 6))
+        reads.append(counts)
+    assert reads[1] == reads[0]
 
 
 def test_swap_back_restores_default_modules():

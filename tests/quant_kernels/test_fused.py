@@ -8,6 +8,7 @@ import torch
 from quant_kernels import FAKE_QUANT_BACKENDS, fake_quant, fake_quant_impl, to_int
 from quant_kernels.compiled import fake_quant_traceable
 from quant_kernels.fused import _strict_bounds, fake_quant_fused, int_range
+from tests.helpers import count_host_reads
 
 KINDS = {"signed_narrow": (True, True), "signed_full": (True, False), "unsigned": (False, False)}
 IMPLS = {"fused": fake_quant_fused, "traceable": fake_quant_traceable}
@@ -171,15 +172,20 @@ def test_gradient_mask_exact_at_float_neighbours_of_rounding_boundaries(kind):
         torch.testing.assert_close(gt, gt_ref, rtol=1e-4, atol=1e-3)
 
 
-def test_x_space_bounds_match_division():
-    from quant_kernels.fused import x_space_bounds
-
-    a, b = -7.5, 7.5
-    for s in [1e-9, 3.3e-4, 0.1, 1 / 3, 7.0, 1234.5]:
-        scale = torch.tensor(s)
-        xa, xb = (torch.tensor(v) for v in x_space_bounds(float(scale), a, b))
-        assert xa / scale <= a < torch.nextafter(xa, xa + 1) / scale
-        assert torch.nextafter(xb, xb - 1) / scale < b <= xb / scale
+@pytest.mark.parametrize(("kind", "per_channel", "bits"), CASES)
+def test_python_bit_width_gives_the_same_values_and_reads_nothing_back(kind, per_channel, bits):
+    signed, narrow = KINDS[kind]
+    binary = signed and narrow
+    x, t = _input().requires_grad_(), _threshold(per_channel).requires_grad_()
+    y_ref = fake_quant_fused(x, t, torch.tensor(float(bits)), signed, narrow, binary)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), (x, t))
+    with count_host_reads() as reads:
+        y = fake_quant_fused(x, t, bits, signed, narrow, binary)
+        grads = torch.autograd.grad(y.square().sum(), (x, t))
+    assert not reads
+    assert torch.equal(y, y_ref)
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -26,13 +26,14 @@ QUANTIZERS = [(b, s, n) for b in range(1, 9) for s, n in [(False, False), (True,
 
 
 @pytest.mark.parametrize("bits, signed, narrow", QUANTIZERS)
-@pytest.mark.parametrize("fq", [fake_quant, fake_quant_fused])
-def test_same_output_and_gradients_as_autograd_through_the_input(bits, signed, narrow, fq):
+@pytest.mark.parametrize("fq, python_bits", [(fake_quant, False), (fake_quant_fused, False), (fake_quant_fused, True)],
+                         ids=["reference", "fused", "fused-python-bits"])
+def test_same_output_and_gradients_as_autograd_through_the_input(bits, signed, narrow, fq, python_bits):
     binary = signed and narrow
     x, t, w, b, grad_out = _case(bits, threshold=-0.7 if signed else 0.7)  # |t| and sign(t) both matter
     bw = torch.tensor(float(bits))
     plain = F.conv2d(fake_quant(x, t, bw, signed, narrow, binary), w, b, *CONV)
-    fast = conv2d_quantized_input(x, t, bw, signed, narrow, binary, fq, w, b, *CONV)
+    fast = conv2d_quantized_input(x, t, bits if python_bits else bw, signed, narrow, binary, fq, w, b, *CONV)
     assert torch.equal(fast, plain)
     for got, want in zip(_grads(fast, grad_out, t, w, b), _grads(plain, grad_out, t, w, b)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -244,11 +244,11 @@ def test_a_truncated_image_in_a_folder_is_named(tmp_path, capsys):
 def test_the_callers_splits_must_hold_inputs_of_one_shape(split):
     from torch.utils.data import TensorDataset
 
-    from qspos.runtime.task import Task, using
+    from qspos.runtime.task import Task
 
     train = TensorDataset(torch.randn(20, 1, 12, 12), torch.arange(20) % 4)
     other = TensorDataset(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)
     cfg = _cfg()
-    with using(Task(train=train, **{split: other})), pytest.raises(
-            QsposError, match=rf"{split}: its inputs have shape \(1, 16, 16\), but train's have \(1, 12, 12\)"):
-        load_splits(cfg.data, cfg.model)
+    want = rf"{split}: its inputs have shape \(1, 16, 16\), but train's have \(1, 12, 12\)"
+    with pytest.raises(QsposError, match=want):
+        load_splits(cfg.data, cfg.model, Task(train=train, **{split: other}))

@@ -11,7 +11,7 @@ from qspos.runtime.config import load_config
 from qspos.runtime.data import load_splits
 from qspos.runtime.rundir import RunDir
 from qspos.runtime.teacher import Teacher, distill_loss, load_teacher, teacher_digest
-from qspos.runtime.trainer import fit
+from qspos.runtime.trainer import Objective, fit
 from qspos.stages.float_baseline import train_float
 from qspos.stages.train import train_supernet
 from tests.helpers import TRAIN_CONFIG, train_config
@@ -49,7 +49,7 @@ def test_fit_learns_from_a_teacher_that_it_never_updates(tmp_path):
     student = float_model(cfg)
     start = {k: v.clone() for k, v in student.state_dict().items()}
     fit(student, splits.train, load_config(cfg, ["train.distill=teacher"]).train, batch_size=16, seed=0,
-        checkpoint=tmp_path / "s.pt", fingerprint="f", teacher=teacher, recipe={"teacher": "d"})
+        checkpoint=tmp_path / "s.pt", fingerprint="f", objective=Objective(0.1, teacher), recipe={"teacher": "d"})
     assert all(torch.equal(v, before[k]) for k, v in teacher.model.state_dict().items())  # buffers too
     assert not teacher.model.training
     assert any(not torch.equal(v, start[k]) for k, v in student.state_dict().items())

@@ -6,12 +6,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from qspos.errors import QsposError
+from qspos.runtime.build import build_supernet, float_model
 from qspos.runtime.checkpoint import python_rng_state, set_python_rng_state
 from qspos.runtime.config import OptimConfig
 from qspos.runtime.distributed import Dist
-from qspos.runtime.optim import MaskedSGD, lr_factor, param_groups
+from qspos.runtime.optim import MaskedSGD, lr_factor, make_optimizer, param_groups
+from qspos.runtime.sampler import PathSampler
+from qspos.runtime.sandwich import Sandwich
 from qspos.runtime.teacher import Teacher
-from qspos.runtime.trainer import DivergedError, epoch_order, fit
+from qspos.runtime.train_state import TrainState
+from qspos.runtime.train_watch import DivergedError
+from qspos.runtime.trainer import Objective, epoch_order, fit, train_step
+from tests.helpers import count_host_reads, train_config
 
 
 def _net():
@@ -131,7 +137,7 @@ def _teacher():
 def _fit_sampled(net, sampler, path, resume=False, teacher=None):
     optim = _optim(distill="teacher" if teacher else "none")
     return fit(net, _data(), optim, batch_size=16, seed=0, checkpoint=path, fingerprint="f", resume=resume,
-               before_step=sampler, state={"sampler": sampler}, teacher=teacher)
+               before_step=sampler, objects={"sampler": sampler}, objective=Objective(optim.label_smoothing, teacher))
 
 
 @pytest.mark.parametrize("teacher", [None, _teacher()], ids=["labels", "distilled"])
@@ -208,3 +214,34 @@ def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
             fingerprint="f")
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("distill", ["none", "teacher", "inplace"])
+def test_a_training_step_of_the_loop_reads_nothing_back_to_the_host(distill):
+    """``train_step`` as ``fit`` runs it, with what the supernet stage hands it: a sampled path,
+    or the sandwich rule's paths; the teacher's forward included."""
+    cfg = train_config(f"train.distill={distill}")
+    torch.manual_seed(0)
+    supernet = build_supernet(cfg).train()
+    opt, sched = make_optimizer(supernet, cfg.train, total_steps=10, warmup_steps=2)
+    state = TrainState(supernet, opt, sched, torch.amp.GradScaler("cuda", enabled=False))
+    sampler = PathSampler(supernet.space, 0)
+    t = cfg.train
+    if distill == "inplace":
+        sandwich = Sandwich(supernet, sampler, t.inplace_paths, t.label_smoothing, t.distill_temperature,
+                            t.distill_weight)
+        before_step, objective = sandwich.before_step, sandwich
+    else:
+        teacher = Teacher(float_model(cfg).eval(), 2.0, 0.5, "test", "t") if distill == "teacher" else None
+        objective = Objective(t.label_smoothing, teacher)
+
+        def before_step(step):
+            supernet.set_arch(sampler())
+            return supernet.active_slices()
+    x, y = torch.randn(8, *cfg.input_shape), torch.randint(0, cfg.model.num_classes, (8,))
+    train_step(state, supernet, objective, x, y, before_step(0), check=True)  # the first step checks labels
+    for step in range(1, 4):
+        with count_host_reads() as counts:
+            train_step(state, supernet, objective, x, y, before_step(step))
+        assert dict(counts) == {}, step
+    assert state.step == 4

@@ -9,6 +9,7 @@ import torch
 
 from qspos.core.arch import Arch
 from qspos.errors import QsposError
+from qspos.results.search_results import BudgetResult, Candidate, SearchResult, UniformBaseline
 from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
@@ -18,7 +19,6 @@ from qspos.runtime.files import load_arch, write_json
 from qspos.runtime.trainer import fit
 from qspos.stages.evaluate import evaluate_checkpoint
 from qspos.stages.finetune import finetune, finetune_targets, init_model
-from qspos.stages.search_results import BudgetResult, Candidate, SearchResult, UniformBaseline
 from qspos.stages.train import train_supernet
 from tests.helpers import make_run
 

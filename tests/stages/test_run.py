@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from qspos.cli import main
-from qspos.stages import export as export_stage
+from qspos.formats.registry import FORMATS
 from tests.helpers import tiny_config
 
 
@@ -91,8 +91,9 @@ def test_a_refused_command_leaves_the_recorded_config_alone_and_a_float_baseline
 
 def test_run_exits_1_as_export_does_when_an_exported_file_fails_its_check(tmp_path, monkeypatch, capsys):
     """A script or CI job must not ship a failed export, whether it runs ``qspos run`` or resumes it."""
-    real = export_stage.check_packed
-    monkeypatch.setattr(export_stage, "check_packed", lambda *a: dataclasses.replace(real(*a), ok=False))
+    real = FORMATS["packed"]
+    failing = real._replace(check=lambda *a: dataclasses.replace(real.check(*a), ok=False))
+    monkeypatch.setitem(FORMATS, "packed", failing)
     cfg, out = _config(tmp_path), tmp_path / "run"
     for resume in ([], ["--resume"]):
         assert main(["run", str(cfg), "--out", str(out), "--set", "export.formats=[packed]", *resume]) == 1

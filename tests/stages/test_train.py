@@ -15,7 +15,8 @@ from qspos.runtime.build import build_supernet, float_model, load_supernet
 from qspos.runtime.config import load_config
 from qspos.runtime.data import load_splits
 from qspos.runtime.sampler import PathSampler
-from qspos.runtime.trainer import DivergedError, fit
+from qspos.runtime.train_watch import DivergedError
+from qspos.runtime.trainer import fit
 from qspos.stages.train import train_supernet
 from tests.helpers import TRAIN_CONFIG, train_config
 

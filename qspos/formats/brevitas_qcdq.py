@@ -4,7 +4,7 @@ Why: Brevitas refuses binary weights in QCDQ ("Binary quant not supported"), yet
 ``sign(w) * t`` is exactly a signed integer in the narrow 2-bit range {-1, +1} times its
 per-channel scale ``t``, which ``DequantizeLinear`` holds. So the handler here writes binary
 weights as int8 codes -1/+1, clipped to [-1, 1] (``Clip``), dequantized with their scales; every
-other quantizer is exported as Brevitas does. Imported only by the export (it needs ONNX).
+other quantizer is exported as Brevitas does. Imported only when a QCDQ file is written (it needs ONNX).
 """
 
 from __future__ import annotations
@@ -50,5 +50,5 @@ class QCDQManager(StdQCDQONNXManager):
 
 
 def export_onnx_qcdq(model: nn.Module, sample: Tensor, path: Path, **onnx_kwargs: Any) -> None:
-    """Write ``model`` as QCDQ ONNX to ``path`` (TorchScript exporter; weights as integers)."""
-    QCDQManager.export(model, args=(sample,), export_path=str(path), dynamo=False, **onnx_kwargs)
+    """Write ``model`` as QCDQ ONNX to ``path`` (weights as integers)."""
+    QCDQManager.export(model, args=(sample,), export_path=str(path), **onnx_kwargs)

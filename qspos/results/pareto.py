@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from qspos.results.search_results import ParetoPoint
 from qspos.runtime.files import atomic_path
 from qspos.runtime.progress import ScoreFormat
-from qspos.stages.search_results import ParetoPoint
 
 
 def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:

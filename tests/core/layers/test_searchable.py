@@ -1,67 +1,13 @@
+"""Searchable conv and linear layers: slicing, gradients, state, and the static Brevitas layer."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantLinear
-from torch import nn
 
-from qspos.core.layers import BitChoiceQuantizer, SearchableConv2d, SearchableLinear, SlicedBatchNorm2d, channels
+from qspos.core.layers.searchable import SearchableConv2d, SearchableLinear
 
 ALL_BITS = tuple(range(1, 9))
-
-
-def test_channels_rounding_rule():
-    assert channels(64, None) == 64
-    assert channels(64, 0.5) == 32 and channels(64, 1.5) == 96
-    assert channels(10, 0.25) == 2  # round(2.5) -> 2 (half to even)
-    assert channels(1, 0.1) == 1  # never zero
-
-
-@pytest.mark.parametrize("bits", ALL_BITS)
-def test_weight_levels(bits):
-    """Signed narrow-range weights have 2^b - 1 levels, symmetric, max level = threshold.
-    1-bit weights are binary (sign(w) * t: two levels, as the paper's 1-bit weights and
-    Brevitas' binary quantizer), not the 2^1 - 1 = 1 level the narrow formula would give."""
-    q = BitChoiceQuantizer(ALL_BITS, channels=2, signed=True, narrow=True)
-    with torch.no_grad():
-        q.threshold.copy_(torch.tensor([1.0, 0.5]).expand(len(ALL_BITS), 2))
-    q.select(bits)
-    x = torch.linspace(-3, 3, 4001).expand(2, -1)  # beyond the threshold on both sides
-    y = q(x, 2)
-    for ch, t in enumerate((1.0, 0.5)):
-        levels = torch.unique(y[ch])
-        assert len(levels) == (2 if bits == 1 else 2**bits - 1)
-        assert levels.max().item() == pytest.approx(t) and levels.min().item() == pytest.approx(-t)
-        if bits > 1:  # uniform grid with 0 included
-            steps = levels.diff()
-            assert torch.allclose(steps, steps[0].expand_as(steps))
-            assert (levels == 0).any()
-
-
-@pytest.mark.parametrize("bits", ALL_BITS)
-def test_activation_levels(bits):
-    """Unsigned per-tensor activations have 2^b levels from 0 to the threshold."""
-    q = BitChoiceQuantizer(ALL_BITS, channels=1, signed=False, narrow=False)
-    with torch.no_grad():
-        q.threshold.fill_(2.0)
-    q.select(bits)
-    y = q(torch.linspace(-1, 5, 4001))
-    levels = torch.unique(y)
-    assert len(levels) == 2**bits
-    assert levels.min().item() == 0.0 and levels.max().item() == pytest.approx(2.0)
-
-
-def test_float_operand_passes_through():
-    q = BitChoiceQuantizer((None,), channels=1, signed=False, narrow=False)
-    x = torch.randn(5)
-    assert torch.equal(q(x), x)
-    with pytest.raises(ValueError, match="float"):
-        BitChoiceQuantizer((None, 4), channels=1, signed=False, narrow=False)
-
-
-def test_select_rejects_bits_outside_the_choices():
-    q = BitChoiceQuantizer((2, 4), channels=1, signed=False, narrow=False)
-    with pytest.raises(ValueError, match="3-bit"):
-        q.select(3)
 
 
 def _layer(w_bits=(2, 3, 4), a_bits=(2, 4)) -> SearchableConv2d:
@@ -148,6 +94,7 @@ def test_loading_a_state_dict_restores_the_active_setting():
     dst = _layer()
     dst.load_state_dict(src.state_dict())
     assert dst.active == (3, 5, 2, 4)
+    assert list(dst.active_slices().values()) == list(src.active_slices().values())
     x = torch.rand(2, 3, 5, 5)
     with torch.no_grad():
         assert torch.equal(dst(x), src(x))
@@ -191,19 +138,6 @@ def test_linear_to_static_with_signed_input():
     x = torch.randn(4, 10)
     with torch.no_grad():
         torch.testing.assert_close(static(x), layer(x), rtol=0, atol=1e-6)
-
-
-def test_sliced_batchnorm_shares_statistics_and_converts():
-    bn = SlicedBatchNorm2d(8)
-    bn.train()
-    bn(torch.randn(16, 3, 4, 4) + 5)
-    assert (bn.running_mean[:3] > 0.3).all() and torch.count_nonzero(bn.running_mean[3:]) == 0
-    bn.set_channels(3)
-    static = bn.to_static().eval()
-    bn.eval()
-    assert type(static) is nn.BatchNorm2d and static.num_features == 3
-    x = torch.randn(2, 3, 4, 4)
-    torch.testing.assert_close(static(x), bn(x))
 
 
 @pytest.mark.parametrize("bits", ALL_BITS)

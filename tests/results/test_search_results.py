@@ -8,8 +8,8 @@ import pytest
 
 from qspos.core.arch import Choice
 from qspos.errors import QsposError
+from qspos.results.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
 from qspos.runtime.build import build_supernet
-from qspos.stages.search_results import BudgetResult, Candidate, ParetoPoint, SearchResult, UniformBaseline
 
 
 def _result(space) -> SearchResult:

@@ -1,7 +1,7 @@
-"""Searchable Brevitas layers: one shared float weight at max width, a learned clipping threshold
-per bit-width, and the active choice held in tensor buffers (switching paths rebuilds nothing).
+"""Searchable Conv2d and Linear layers: one shared float weight at max width, sliced to the
+active channels, with a bit-choice quantizer on the weight and one on the input.
 
-Each layer can hand out the static Brevitas layer for its active setting (Once-for-All style):
+Each layer hands out the static Brevitas layer for its active setting (Once-for-All style):
 ``to_static()`` returns a plain ``brevitas.nn.QuantConv2d`` / ``QuantLinear`` whose input and
 weight quantizers carry the active bit-widths and learned thresholds, so the two compute the same.
 """
@@ -12,80 +12,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from brevitas.inject.enum import ScalingImplType
 from brevitas.nn import QuantConv2d, QuantLinear
-from brevitas.quant import (
-    Int8ActPerTensorFloat,
-    Int8WeightPerChannelFloat,
-    Uint8ActPerTensorFloat,
-)
-from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from torch import Tensor, nn
 
+from qspos.core.layers.quant import BitChoiceQuantizer, Bits
+from qspos.core.layers.sliced import check_channels
+from qspos.core.layers.static_quant import BinaryWeightQuant, SignedActQuant, UnsignedActQuant, WeightQuant
 from quant_kernels import fake_quant_impl
 from quant_kernels.input_conv import conv2d_quantized_input
-
-Bits = int | None  # None: the operand stays float (counts 32 bits in the cost model)
-
-
-def channels(base: int, multiplier: float | None) -> int:
-    """Active channel count for a width multiplier on ``base`` channels (the one rounding rule)."""
-    if multiplier is None:
-        return base
-    return max(1, int(round(base * multiplier)))
-
-
-class BitChoiceQuantizer(nn.Module):
-    """Fake quantizer with one learned clipping threshold per bit-width choice.
-
-    ``threshold`` has shape (n_choices, channels): per output channel for weights, one column
-    for activations. Only the active row takes part in the forward pass, so only it gets gradient.
-    """
-
-    def __init__(self, bit_choices: Sequence[Bits], channels: int, signed: bool, narrow: bool):
-        super().__init__()
-        if any(b is None for b in bit_choices) and len(bit_choices) > 1:
-            raise ValueError("a float (None) operand cannot share a layer with quantized choices")
-        self.bit_choices: tuple[Bits, ...] = tuple(bit_choices)
-        self.signed, self.narrow = signed, narrow
-        self.quantized = self.bit_choices[0] is not None
-        self.backend = "reference"  # name in quant_kernels.FAKE_QUANT_BACKENDS
-        self.binary = signed and narrow and 1 in self.bit_choices
-        table = [float(b) if b is not None else 32.0 for b in self.bit_choices]
-        self.register_buffer("bits_table", torch.tensor(table))
-        self.register_buffer("index", torch.zeros((), dtype=torch.long))
-        self.threshold = nn.Parameter(torch.ones(len(self.bit_choices), channels))
-
-    @property
-    def active_bits(self) -> Bits:
-        return self.bit_choices[int(self.index)]
-
-    def select(self, bits: Bits) -> None:
-        try:
-            self.index.fill_(self.bit_choices.index(bits))
-        except ValueError:
-            raise ValueError(f"{bits}-bit is not among this layer's choices {self.bit_choices}") from None
-
-    def _active_row(self, table: Tensor) -> Tensor:
-        """Row ``index`` of a per-choice table, by ``index_select``: eager indexing with the 0-d
-        buffer reads it back as a Python int (a host sync when it lives on a GPU)."""
-        return table.index_select(0, self.index.view(1)).squeeze(0)
-
-    def active_threshold(self, n: int | None = None) -> Tensor:
-        """Threshold of the active bit-width for the first ``n`` channels (all when None)."""
-        row = self._active_row(self.threshold)
-        return row if n is None else row[:n]
-
-    def active_args(self, x: Tensor, n_channels: int | None = None) -> tuple:
-        """The arguments after ``x`` of the backend's fake-quant call for the active choice."""
-        t = self.active_threshold(n_channels)
-        t = t.view(-1, *([1] * (x.dim() - 1))) if n_channels is not None else t.view(())
-        return t, self._active_row(self.bits_table), self.signed, self.narrow, self.binary
-
-    def forward(self, x: Tensor, n_channels: int | None = None) -> Tensor:
-        if not self.quantized:
-            return x
-        return fake_quant_impl(self.backend)(x, *self.active_args(x, n_channels))
 
 
 class SearchableLayer(nn.Module):
@@ -138,10 +72,10 @@ class SearchableLayer(nn.Module):
 
     def set_channels(self, in_channels: int | None = None, out_channels: int | None = None) -> None:
         if in_channels is not None:
-            self.n_in = _check(in_channels, self.in_max, "input")
+            self.n_in = check_channels(in_channels, self.in_max, "input")
             self.in_active.fill_(self.n_in)
         if out_channels is not None:
-            self.n_out = _check(out_channels, self.out_max, "output")
+            self.n_out = check_channels(out_channels, self.out_max, "output")
             self.out_active.fill_(self.n_out)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
@@ -180,8 +114,8 @@ class SearchableLayer(nn.Module):
         w_index = (out,) if getattr(self, "groups", 1) > 1 else (out, slice(self.n_in))
         parts = {
             self.weight: w_index,
-            self.weight_quant.threshold: (int(self.weight_quant.index), out),
-            self.input_quant.threshold: (int(self.input_quant.index),),
+            self.weight_quant.threshold: (self.weight_quant.active_index, out),
+            self.input_quant.threshold: (self.input_quant.active_index,),
         }
         if self.bias is not None:
             parts[self.bias] = (out,)
@@ -216,12 +150,6 @@ class SearchableLayer(nn.Module):
             kw["input_bit_width"] = a_bits
             kw["input_scaling_init"] = self.input_quant.active_threshold().detach().clone().view(())
         return kw
-
-
-def _check(n: int, n_max: int, what: str) -> int:
-    if not 1 <= n <= n_max:
-        raise ValueError(f"{what} channels {n} outside 1..{n_max}")
-    return n
 
 
 class SearchableConv2d(SearchableLayer):
@@ -335,97 +263,3 @@ class SearchableLinear(SearchableLayer):
         if self.bias is not None:
             layer.bias.copy_(self.active_bias())
         return layer
-
-
-class SlicedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm at max width that normalises the first k channels (statistics shared).
-
-    Masked (see ``SearchableLayer.masked``), it normalises every channel, zeroes the inactive
-    ones and keeps their running statistics unchanged, as the sliced form does.
-    """
-
-    masked = False
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
-        super().__init__(num_features, eps, momentum)
-        self.register_buffer("num_active", torch.tensor(num_features))
-
-    def set_channels(self, n: int) -> None:
-        self.num_active.fill_(_check(n, self.num_features, "BatchNorm"))
-
-    def active_slices(self) -> dict[nn.Parameter, tuple]:
-        """The active channels of weight and bias (see ``SearchableLayer.active_slices``)."""
-        c = (slice(int(self.num_active)),)
-        return {self.weight: c, self.bias: c}
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.masked:
-            return self._masked_forward(x)
-        c = x.shape[1]
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        else:
-            factor = 0.0
-        use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(
-            x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
-            use_batch_stats, factor, self.eps,
-        )
-
-    def _masked_forward(self, x: Tensor) -> Tensor:
-        keep = torch.arange(self.num_features, device=x.device) < self.num_active
-        updating = self.training and self.track_running_stats
-        if updating:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        else:
-            factor = 0.0
-        # batch_norm updates copies; only the active channels' statistics are taken back
-        mean, var = self.running_mean.clone(), self.running_var.clone()
-        y = F.batch_norm(x, mean, var, self.weight, self.bias, self.training or not self.track_running_stats,
-                         factor, self.eps)
-        if updating:
-            with torch.no_grad():
-                self.running_mean.copy_(torch.where(keep, mean, self.running_mean))
-                self.running_var.copy_(torch.where(keep, var, self.running_var))
-        return y * keep.view(1, -1, 1, 1).to(y.dtype)
-
-    @torch.no_grad()
-    def to_static(self) -> nn.BatchNorm2d:
-        c = int(self.num_active)
-        bn = nn.BatchNorm2d(c, self.eps, self.momentum)
-        bn.weight.copy_(self.weight[:c])
-        bn.bias.copy_(self.bias[:c])
-        bn.running_mean.copy_(self.running_mean[:c])
-        bn.running_var.copy_(self.running_var[:c])
-        bn.num_batches_tracked.copy_(self.num_batches_tracked)
-        return bn
-
-
-# Brevitas quantizers carrying a learned threshold as a parameter (initialised from the supernet).
-
-
-class WeightQuant(Int8WeightPerChannelFloat):
-    """Signed narrow-range per-output-channel weights with a learned threshold."""
-
-    scaling_impl_type = ScalingImplType.PARAMETER
-
-
-class BinaryWeightQuant(SignedBinaryWeightPerTensorConst):
-    """1-bit weights: sign(w) times a learned per-output-channel threshold."""
-
-    scaling_impl_type = ScalingImplType.PARAMETER
-    scaling_per_output_channel = True
-
-
-class UnsignedActQuant(Uint8ActPerTensorFloat):
-    """Unsigned per-tensor activations (after ReLU) with a learned threshold."""
-
-    scaling_impl_type = ScalingImplType.PARAMETER
-
-
-class SignedActQuant(Int8ActPerTensorFloat):
-    """Signed per-tensor activations (network input) with a learned threshold."""
-
-    scaling_impl_type = ScalingImplType.PARAMETER

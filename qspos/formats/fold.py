@@ -1,0 +1,157 @@
+"""The deployment net of an extracted net: BatchNorm folded into its quantized convs, every conv
+output quantized, so that an int8 engine runs each conv as an integer conv.
+
+Why: an int8 engine runs ``DequantizeLinear -> Conv -> QuantizeLinear`` as one integer conv only
+when no BatchNorm stands between the conv and the next quantize step, and it cannot fold one into
+weights that are dequantized at run time. The fold is exact on the weights: they are quantized per
+output channel, so a channel's factor ``gamma / sqrt(var + eps)`` goes into its learned scale
+(its threshold times ``|factor|``) and the float weights times ``factor``, which leaves every
+integer code as it was (negated on a channel with a negative factor: exact, as the codes are
+narrow-range). The folded bias ``beta + (bias - mean) * factor`` is quantized as an int32 at the
+accumulator's scale (``input_scale * weight_scale``, Brevitas' ``Int32Bias``), as an integer conv
+adds it: that rounding is the fold's only change to the net's outputs. The supernet keeps its
+shared BatchNorms; only the extracted net is folded.
+
+A conv whose output feeds anything but quantized layers (the last conv of a residual block, whose
+output goes to the add; a stem feeding a shortcut) has no quantize step after it, so an engine runs
+it in float. :func:`quantize_conv_outputs` gives each such conv an 8-bit signed per-tensor output
+quantizer, its threshold the largest |output| on calibration images from the training split: the
+deployment's second change to the outputs, a rounding of at most half an 8-bit step. Not a conv
+whose integer products may overflow int16 pairs (:func:`int16_pairs_exact`): the file keeps it a
+float conv (:mod:`qspos.formats.qcdq_graph`), which such a quantizer would not speed up.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import torch
+import torch.nn.functional as F
+from brevitas.nn import QuantConv2d, QuantIdentity
+from brevitas.nn.mixin.parameter import QuantBiasMixin
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from brevitas.quant import Int32Bias
+from torch import Tensor, fx, nn
+
+from qspos.core.layers import SignedActQuant
+from qspos.formats.qcdq_graph import int16_pairs_fit
+
+OUTPUT_BITS = 8  # a conv output quantized for deployment: int8, what QLinearConv writes
+PASS_THROUGH_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6)  # what a quantize step after them may absorb
+PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.relu6)
+
+
+class _Leaves(fx.Tracer):
+    """Traces a net down to its Brevitas layers and torch.nn modules, which it does not enter."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__.startswith("brevitas.") or super().is_leaf_module(m, qualname)
+
+
+def deployment_net(model: nn.Module, calib: Tensor) -> nn.Module:
+    """``model`` as an int8 engine runs it: BatchNorm folded (:func:`fold_batchnorm`), every conv
+    bias int32 (:func:`quantize_biases`), every conv output that no quantizer follows quantized
+    (:func:`quantize_conv_outputs`, calibrated on ``calib``, images of the training split)."""
+    return quantize_conv_outputs(quantize_biases(fold_batchnorm(model)), calib)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, BatchNorm) module names where the BatchNorm is the only reader of a quantized conv
+    whose input is quantized (what an integer conv can absorb)."""
+    graph = _Leaves().trace(model)
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1:
+            conv = modules[src.target]
+            if isinstance(conv, QuantConv2d) and conv.input_quant.is_quant_enabled and \
+                    conv.weight_quant.is_quant_enabled:
+                pairs.append((src.target, node.target))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every foldable BatchNorm (:func:`conv_bn_pairs`) folded into its
+    conv (weights, scale, float bias) and replaced by an identity."""
+    model = copy.deepcopy(model).eval()
+    for conv_name, bn_name in conv_bn_pairs(model):
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        channel = (-1,) + (1,) * (conv.weight.dim() - 1)
+        conv.weight.mul_(factor.view(channel))
+        threshold = conv.weight_quant.tensor_quant.scaling_impl.value
+        threshold.mul_(factor.abs().view(channel).expand_as(threshold) if threshold.numel() > 1 else factor.abs())
+        conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * factor)
+        parent, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, nn.Identity())
+    return model.eval()
+
+
+@torch.no_grad()
+def quantize_biases(model: nn.Module) -> nn.Module:
+    """``model`` (changed in place and returned) with the bias of every quantized conv whose input
+    is quantized as an int32 at the accumulator's scale (Brevitas' ``Int32Bias``), as an integer
+    conv adds it (a float bias would be rounded by the engine, unseen by the net)."""
+    for conv in model.modules():
+        if isinstance(conv, QuantConv2d) and conv.bias is not None and conv.input_quant.is_quant_enabled \
+                and conv.weight_quant.is_quant_enabled:
+            bias = conv.bias
+            QuantBiasMixin.__init__(conv, bias_quant=Int32Bias)
+            conv.bias = nn.Parameter(bias.detach().clone())
+    return model
+
+
+def unquantized_conv_outputs(model: nn.Module) -> list[str]:
+    """The quantized convs whose output reaches something other than a quantized layer's input
+    (through identities and ReLUs, which the next quantize step absorbs) and whose integer
+    products an int8 engine sums exactly (:func:`int16_pairs_exact`)."""
+    graph = _Leaves().trace(model)
+    modules = dict(model.named_modules())
+    return [node.target for node in graph.nodes if node.op == "call_module"
+            and isinstance(modules[node.target], QuantConv2d) and int16_pairs_exact(modules[node.target])
+            and not _only_quantized_readers(node, modules)]
+
+
+def int16_pairs_exact(conv: QuantConv2d) -> bool:
+    """Does a pair of products of ``conv``'s input and weight codes fit in int16, as x86 integer
+    kernels without VNNI sum them (:func:`int16_pairs_fit`)?"""
+    bits = int(conv.input_quant.bit_width())
+    largest_input = 255 if conv.input_quant.is_signed else 2 ** bits - 1
+    return int16_pairs_fit(largest_input, int(conv.quant_weight().int().abs().max()))
+
+
+def _only_quantized_readers(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    for user in node.users:
+        target = modules.get(user.target) if user.op == "call_module" else user.target
+        if isinstance(target, QuantWeightBiasInputOutputLayer) and target.input_quant.is_quant_enabled:
+            continue
+        passes = isinstance(target, PASS_THROUGH_MODULES) or target in PASS_THROUGH_FUNCTIONS or \
+            (user.op == "call_method" and target == "relu")
+        if not passes or not _only_quantized_readers(user, modules):
+            return False
+    return True
+
+
+@torch.no_grad()
+def quantize_conv_outputs(model: nn.Module, calib: Tensor) -> nn.Module:
+    """``model`` (changed in place and returned) with an 8-bit signed output quantizer after each
+    conv of :func:`unquantized_conv_outputs`, its threshold the largest |output| on ``calib``."""
+    names = unquantized_conv_outputs(model)
+    peaks: dict[str, Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, args, out, name=n: operator.setitem(peaks, name, out.detach().abs().max())) for n in names]
+    model.eval()(calib)
+    for h in hooks:
+        h.remove()
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        quant = QuantIdentity(act_quant=SignedActQuant, bit_width=OUTPUT_BITS,
+                              scaling_init=peaks[name].clamp_min(1e-8), return_quant_tensor=False)
+        setattr(model.get_submodule(parent), leaf, nn.Sequential(model.get_submodule(name), quant))
+    return model.eval()

@@ -1,0 +1,35 @@
+"""The wall-time ledger: a benchmark runs in pieces (invocations, maybe at once on different
+cores), and its wall time is the sum of theirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from qspos.runtime.files import write_json
+from qspos.stages.bench.plan import BenchDir
+
+
+def read_ledger(work: str | Path) -> list[dict[str, Any]]:
+    path = BenchDir(work).ledger
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+class Ledger:
+    """Records this invocation's wall time in the work directory's ledger, updated as it runs;
+    invocations running at once (pieces on different cores) each keep their own entry."""
+
+    def __init__(self, work: str | Path, command: str, commit: str | None, machine: str):
+        self.work, self.path = work, BenchDir(work).ledger
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        self.entry = {"id": f"{started} pid {os.getpid()}", "command": command, "commit": commit,
+                      "machine": machine, "started": started, "wall_seconds": 0.0}
+        self.t0 = time.perf_counter()
+
+    def update(self) -> None:
+        self.entry["wall_seconds"] = round(time.perf_counter() - self.t0, 1)
+        others = [e for e in read_ledger(self.work) if e.get("id") != self.entry["id"]]
+        write_json(self.path, [*others, self.entry])

@@ -1,0 +1,51 @@
+"""The deployment net: BatchNorm folded with the integer codes kept, biases int32 at the
+accumulator's scale, conv outputs quantized where no quantizer follows them."""
+
+from __future__ import annotations
+
+import torch
+from brevitas.nn import QuantConv2d, QuantIdentity
+from torch import nn
+
+from qspos.formats.check import quant_layers
+from qspos.formats.fold import conv_bn_pairs, deployment_net, fold_batchnorm, int16_pairs_exact, quantize_biases
+from tests.formats.conftest import tiny_net
+
+
+def test_folding_keeps_every_integer_code_and_leaves_no_batchnorm():
+    _, model, _ = tiny_net(2, 4)
+    with torch.no_grad():  # one channel with a negative gamma: its codes are negated, exactly
+        model.layer1[0].bn1.weight[0] = -0.7
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert len(conv_bn_pairs(model)) == 9  # ResNet-8: the stem, two convs a block, two shortcuts
+    for (name, layer), (_, twin) in zip(quant_layers(model), quant_layers(folded)):
+        codes, folded_codes = layer.quant_weight().int(), twin.quant_weight().int()
+        sign = torch.ones(len(codes), dtype=codes.dtype)
+        if name == "layer1.0.conv1":
+            sign[0] = -1
+        assert torch.equal(folded_codes, codes * sign.view(-1, 1, 1, 1) if codes.dim() == 4 else codes), name
+    conv = quantize_biases(folded).layer1[0].conv1
+    x = torch.rand(2, 4, 12, 12)
+    qx = conv.input_quant(x)
+    bias = conv.bias_quant(conv.bias, qx, conv.quant_weight())  # int32 at input scale times weight scale
+    assert torch.allclose(bias.scale.flatten(), (qx.scale * conv.quant_weight().scale).flatten())
+    assert torch.equal(bias.int(), bias.int().round()) and bias.bit_width == 32
+
+
+def test_the_deployment_net_quantizes_the_conv_outputs_that_reach_an_add():
+    _, model, _ = tiny_net(2, 4)
+    net = deployment_net(model, torch.randn(16, 1, 12, 12))
+    quantized = {name for name, m in net.named_modules()
+                 if isinstance(m, nn.Sequential) and isinstance(m[-1], QuantIdentity)}
+    # each block's last conv and shortcut feed the add; the first conv of a block feeds a quantized conv;
+    # the stem (8-bit weights on 8-bit signed inputs) stays float: its products overflow int16 pairs
+    assert quantized == {"layer1.0.conv2", "layer2.0.conv2", "layer2.0.downsample.0", "layer3.0.conv2",
+                         "layer3.0.downsample.0"}
+    assert not int16_pairs_exact(model.conv1) and int16_pairs_exact(model.layer1[0].conv2)
+    for name in quantized:
+        out_quant = net.get_submodule(name)[1]
+        assert int(out_quant.act_quant.bit_width()) == 8 and out_quant.act_quant.is_signed
+    with torch.no_grad():
+        x = torch.randn(4, 1, 12, 12)
+        assert isinstance(net.get_submodule("layer1.0.conv2")[0], QuantConv2d) and net(x).shape == (4, 4)
