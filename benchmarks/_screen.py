@@ -1,14 +1,19 @@
-"""What the lever screens share: their command line, their provenance and where results go."""
+"""What the benchmark scripts share: the lever screens' command line, provenance and results
+folder, and how a benchmark run in pieces stops."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from qspos.errors import QsposError
 from qspos.runtime.provenance import git_commit, machine
 
 RESULTS = Path(__file__).parent / "results" / "levers"
@@ -43,3 +48,22 @@ def write_results(results: Path, name: str, result: dict, text: str) -> None:
     (results / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (results / f"{name}.md").write_text(text)
     print(text)
+
+
+@contextmanager
+def in_pieces(name: str) -> Iterator[None]:
+    """Run a benchmark piece: SIGTERM stops it like Ctrl-C (the ledger keeps the piece's time, the
+    finished nets stay), and a bad request or a stop exits with one line."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    except QsposError as e:  # one line, as the CLI prints it
+        sys.exit(f"{name}: error: {' '.join(str(e).split())}")
+    except KeyboardInterrupt:
+        sys.exit(f"{name}: stopped; finished nets are kept: rerun with --resume to continue")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

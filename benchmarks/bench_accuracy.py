@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
+from _screen import in_pieces
+
 from qspos.cli import bench_arguments, bench_plan
-from qspos.errors import QsposError
 from qspos.runtime.config import load_config
 from qspos.stages.bench import Targets, run_bench
 
@@ -46,21 +46,11 @@ def main() -> None:
     parser.set_defaults(targets=str(TARGETS))
     args = parser.parse_args()
     command = " ".join([os.path.relpath(sys.executable), *sys.argv])
-    previous = signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the ledger keeps the piece's time
-    try:
+    with in_pieces("bench_accuracy"):
         cfg = load_config(args.config, args.overrides)
-        run_bench(cfg, args.work, args.out, bench_plan(args), resume=args.resume or args.report_only, command=command,
-                  targets=Targets.load(args.targets))
-    except QsposError as e:  # one line, as the CLI prints it
-        sys.exit(f"bench_accuracy: error: {' '.join(str(e).split())}")
-    except KeyboardInterrupt:
-        sys.exit("bench_accuracy: stopped; finished nets are kept: rerun with --resume to continue")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+        plan = bench_plan(args)
+        run_bench(cfg, args.work, args.out, plan, resume=args.resume, report_only=args.report_only,
+                  command=command, targets=Targets.load(args.targets, plan.net or cfg.name), state=args.state)
 
 
 if __name__ == "__main__":

@@ -111,13 +111,20 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["supernet", "scratch"], default="supernet",
                    help="start quantized nets from the supernet's weights (default) or from scratch")
     p.add_argument("--parts", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=None,
-                   metavar="PART,...", help="which kinds of net to train (default all: "
-                   "float,uniform,searched,random,sensitivity,ranking)")
+                   metavar="PART,...", help="which kinds of net the benchmark holds, trained and expected in "
+                   "its results (default all: float,uniform,searched,random,sensitivity,ranking)")
     p.add_argument("--uniform", type=_parse_pair, action="append", default=None, metavar="W,A",
                    help="a uniform net to fine-tune, repeatable (default: every pair of the space that fits "
                    "under some budget; a pair outside the space, e.g. 8,8, starts from the float net)")
     p.add_argument("--net", metavar="LABEL", help="the net's label in the results (default: the config's name)")
+    p.add_argument("--random-budgets", type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+                   default=None, metavar="NAME,...", help="the budgets that get a random-search net (default: all)")
+    p.add_argument("--rank-archs", type=int, default=16, metavar="N", help="the ranking sample's size (default 16)")
+    p.add_argument("--rank-band", metavar="NAME", help="draw the ranking sample inside this budget's band, spread "
+                   "over the supernet's score (default: over the whole BitOps range)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the results from the finished nets")
+    p.add_argument("--state", metavar="DIR", help="keep the measured nets' files (no checkpoints) in DIR after every "
+                   "piece, and continue from them with --resume (e.g. committed beside the results)")
     p.add_argument("--targets", metavar="TARGETS.yaml", help="judge the results against the benchmark's targets "
                    "(e.g. benchmarks/configs/accuracy_targets.yaml)")
 
@@ -328,12 +335,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def bench_plan(args: argparse.Namespace) -> Plan:
-    """The :class:`qspos.stages.bench.Plan` of a bench invocation (no parts with --report-only)."""
+    """The :class:`qspos.stages.bench.Plan` of a bench invocation (with --report-only, what the
+    finished benchmark holds)."""
     from qspos.stages.bench import PARTS, Plan
 
-    parts = () if args.report_only else tuple(args.parts) if args.parts is not None else PARTS
+    parts = tuple(args.parts) if args.parts is not None else PARTS
     uniform = None if args.uniform is None else tuple(args.uniform)
-    return Plan(seeds=args.seeds, init=args.init, parts=parts, uniform=uniform, net=args.net)
+    return Plan(seeds=args.seeds, init=args.init, parts=parts, uniform=uniform, net=args.net,
+                random_budgets=args.random_budgets, rank_archs=args.rank_archs, rank_band=args.rank_band)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -341,8 +350,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qspos.stages.bench import Targets, run_bench
 
     out = args.out or f"{cfg.runs_dir}/{cfg.name}-bench"
-    run_bench(cfg, out, out, bench_plan(args), resume=args.resume or args.report_only,
-              command=" ".join(["qspos", *sys.argv[1:]]), targets=Targets.load(args.targets) if args.targets else None)
+    plan = bench_plan(args)
+    targets = Targets.load(args.targets, plan.net or cfg.name) if args.targets else None
+    run_bench(cfg, out, out, plan, resume=args.resume, report_only=args.report_only,
+              command=" ".join(["qspos", *sys.argv[1:]]), targets=targets, state=args.state)
     return 0
 
 

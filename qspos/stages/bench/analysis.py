@@ -11,7 +11,7 @@ from qspos.core.budget import Budget
 from qspos.core.stats import kendall_tau, mean, mean_std, spearman_rho, top_k_overlap
 from qspos.stages.bench.comparison import bitops_bound
 from qspos.stages.bench.plan import Plan, net_name, uniform_tag
-from qspos.stages.bench.records import BUDGET_KINDS, NetRecord
+from qspos.stages.bench.records import NetRecord
 
 TOP_K = (3, 5, 8)
 KINDS = ("float", "uniform", "searched", "sensitivity", "random")  # the kinds of a summary row, in order
@@ -78,6 +78,8 @@ def ranking(nets: Sequence[NetRecord]) -> dict[str, Any]:
 def expected(plan: Plan, budgets: Sequence[Budget]) -> list[str]:
     """``seed/name`` of every net a complete benchmark has (the ranking sample counted as one), for
     ``plan`` with its uniform pairs resolved."""
-    names = ["float"] + [net_name("uniform", uniform_tag(p)) for p in plan.uniform or ()]
-    names += [net_name(kind, b.name) for b in budgets for kind in BUDGET_KINDS]
-    return [f"{s}/{n}" for s in range(plan.seeds) for n in names] + [f"0/rank x{plan.rank_archs}"]
+    names = ["float"] if "float" in plan.parts else []
+    names += [net_name("uniform", uniform_tag(p)) for p in plan.uniform or ()] if "uniform" in plan.parts else []
+    names += [net_name(kind, b.name) for b in budgets for kind in plan.kinds(b.name)]
+    rank = [f"0/rank x{plan.rank_archs}"] if "ranking" in plan.parts else []
+    return [f"{s}/{n}" for s in range(plan.seeds) for n in names] + rank

@@ -25,6 +25,9 @@ def _accuracy(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+STATUS = {True: "met", False: "**missed**", None: "not yet measurable"}
+
+
 def _pair(bits: list[int] | None) -> str:
     return MISSING if bits is None else f"W{bits[0]}A{bits[1]}"
 
@@ -58,7 +61,27 @@ def _comparisons(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _target_number(t: dict[str, Any], v: float | None, signed: bool) -> str:
+def _staircase(res: dict[str, Any]) -> list[str]:
+    st = res.get("staircase")
+    if not st or not st["nets"]:
+        return []
+    steps = ", ".join(f"{_pair(s['bits'])} {millions(s['bitops'], 1)} M: {points(s['test_top1'])} %"
+                      for s in st["steps"])
+    lines = ["", "## Against the uniform staircase", "",
+             f"The staircase: the best mean test top-1 of a uniform net at or below each BitOps count ({steps}). "
+             "Accuracy gained at equal BitOps: a net's mean test top-1 minus the staircase's at its mean BitOps. "
+             "BitOps saved at equal accuracy: one minus its BitOps over those of the cheapest uniform net as "
+             "accurate (none: no uniform net is).", "",
+             "| net | BitOps (M) | test top-1 | accuracy gained at equal BitOps | BitOps saved at equal accuracy |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for n in st["nets"]:
+        saved = MISSING if n["bitops_saved"] is None else f"{points(n['bitops_saved'], 0)} %"
+        lines.append(f"| {n['kind']} @ {n['budget']} | {millions(n['bitops'], 1)} | {points(n['test_top1'])} | "
+                     f"{signed_points(n['accuracy_gained'])} | {saved} |")
+    return lines
+
+
+def target_number(t: dict[str, Any], v: float | None, signed: bool) -> str:
     """A target's value or margin: hours, a correlation, or accuracy points."""
     if v is None:
         return MISSING
@@ -75,9 +98,9 @@ def _targets(res: dict[str, Any]) -> list[str]:
     lines = ["", "## Targets", "", "| target | wanted | measured | status | margin |",
              "| --- | --- | ---: | --- | ---: |"]
     for t in res["targets"]:
-        status = {True: "met", False: "**missed**", None: "not yet measurable"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['want']} | {_target_number(t, t['value'], False)} | {status} "
-                     f"({t['note']}) | {_target_number(t, t['by'], True)} |")
+        status = STATUS[t["met"]]
+        lines.append(f"| {t['target']} | {t['want']} | {target_number(t, t['value'], False)} | {status} "
+                     f"({t['note']}) | {target_number(t, t['by'], True)} |")
     return lines
 
 
@@ -88,7 +111,9 @@ def _ranking(res: dict[str, Any]) -> list[str]:
         lines.append(f"{r['n']} ranking nets fine-tuned: not measurable yet.")
     else:
         overlap = ", ".join(f"top-{k}: {v:.2f}" for k, v in r["top_k_overlap"].items())
-        lines.append(f"{r['n']} archs spread over BitOps: Kendall τ = {r['kendall_tau']:.3f}, Spearman ρ = "
+        where = (f"inside the {r['band']} band, spread over the supernet's score" if r.get("band")
+                 else "spread over BitOps")
+        lines.append(f"{r['n']} archs {where}: Kendall τ = {r['kendall_tau']:.3f}, Spearman ρ = "
                      f"{r['spearman_rho']:.3f}; top-k overlap {overlap or MISSING}.")
     return lines
 
@@ -124,8 +149,8 @@ def markdown(res: dict[str, Any], provenance: dict[str, Any]) -> str:
     """The results as Markdown: the accuracy table, the per-budget comparisons, the targets, the
     ranking, and provenance."""
     head = "# Accuracy against BitOps" + (" (PARTIAL: not every net is trained yet)" if res["partial"] else "")
-    lines = [head, "", *_accuracy(res), *_comparisons(res), *_targets(res), *_ranking(res), *_searches(res),
-             *_diagnosis(res)]
+    lines = [head, "", *_accuracy(res), *_comparisons(res), *_staircase(res), *_targets(res), *_ranking(res),
+             *_searches(res), *_diagnosis(res)]
     if res["missing"]:
         lines += ["", f"Not trained yet ({len(res['missing'])}): " + ", ".join(f"`{m}`" for m in res["missing"])]
     lines += ["", "## Provenance", "", f"- command: `{provenance['command']}`", f"- commit: `{provenance['commit']}`",

@@ -15,6 +15,7 @@ from qspos.runtime.rundir import RunDir
 
 PARTS = ("float", "uniform", "searched", "random", "sensitivity", "ranking")
 INITS = ("supernet", "scratch")
+BUDGET_KINDS = ("searched", "random", "sensitivity")  # the kinds of net made for one budget (each a part)
 RANK_ARCHS = 16
 Pair = tuple[int, int]  # (w_bits, a_bits) of a uniform net
 
@@ -23,8 +24,11 @@ Pair = tuple[int, int]  # (w_bits, a_bits) of a uniform net
 class Plan:
     """What a benchmark trains: seeds 0..seeds-1, the quantized nets' init policy, which kinds of
     net, the size of the ranking sample, the (w_bits, a_bits) pairs of the uniform nets (None:
-    every pair some budget needs, see :func:`uniform_pairs`) and the net's label in the results
-    (None: the config's name)."""
+    every pair some budget needs, see :func:`uniform_pairs`), the net's label in the results
+    (None: the config's name), the budgets that get a random-search net (None: every one; a
+    random net costs a fine-tuning, and two budgets answer "does evolution beat random search")
+    and the ranking sample's budget (None: archs spread over the whole BitOps range; a name: archs
+    inside that budget's band, spread over the supernet's score, where the search has to choose)."""
 
     seeds: int = 3
     init: str = "supernet"
@@ -32,6 +36,8 @@ class Plan:
     rank_archs: int = RANK_ARCHS
     uniform: tuple[Pair, ...] | None = None
     net: str | None = None
+    random_budgets: tuple[str, ...] | None = None
+    rank_band: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.parts) - set(PARTS))
@@ -44,6 +50,19 @@ class Plan:
         bad = [p for p in self.uniform or () if len(p) != 2 or not all(1 <= b <= 16 for b in p)]
         if bad:
             raise QsposError(f"bench: a uniform net is a (w_bits, a_bits) pair of 1-16 bits, got {bad[0]!r}")
+
+
+    def check_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Every budget the plan names is one of ``budgets``."""
+        names = [b.name for b in budgets]
+        for name in [*(self.random_budgets or ()), *([self.rank_band] if self.rank_band else [])]:
+            if name not in names:
+                raise QsposError(f"bench: no budget named {name!r} (budgets: {', '.join(names)})")
+
+    def kinds(self, budget: str) -> list[str]:
+        """The kinds of net this plan makes for ``budget`` (searched, random, sensitivity)."""
+        return [kind for kind in BUDGET_KINDS if kind in self.parts
+                and (kind != "random" or self.random_budgets is None or budget in self.random_budgets)]
 
 
 DEFAULT_PLAN = Plan()

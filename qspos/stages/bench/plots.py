@@ -14,7 +14,8 @@ _STYLE = {"uniform": ("s", "tab:gray"), "searched": ("*", "tab:red"), "sensitivi
 
 
 def accuracy_plot(path: str | Path, res: dict[str, Any]) -> None:
-    """Every net as a point, mean ± std per kind, budgets as vertical lines, float as a line."""
+    """Every net as a point, mean ± std per kind, the uniform staircase and the searched and
+    sensitivity fronts, budgets as vertical lines, float as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +35,7 @@ def accuracy_plot(path: str | Path, res: dict[str, Any]) -> None:
                         label=kind if i == 0 else None)
             label = f"W{row['bits'][0]}A{row['bits'][1]}" if kind == "uniform" else row["budget"]
             ax.annotate(label, (x, y), fontsize=7, color=color, textcoords="offset points", xytext=(5, 4))
+    _fronts(ax, res)
     ranked = [n for n in nets if n["kind"] == "rank"]
     if ranked:
         ax.scatter([n["bitops"] / 1e6 for n in ranked], [100 * n["test_top1"] for n in ranked], marker=".",
@@ -54,6 +56,21 @@ def accuracy_plot(path: str | Path, res: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path, res)
+
+
+def _fronts(ax: Any, res: dict[str, Any]) -> None:
+    """The uniform nets joined as a staircase (the best a uniform net reaches at or below each
+    BitOps count) and the searched and sensitivity nets' means joined as their fronts."""
+    steps = (res.get("staircase") or {}).get("steps") or []
+    if steps:
+        right = max([s["bitops"] for s in steps] + [n["bitops"] for n in res["nets"]]) * 1.05
+        ax.step([s["bitops"] / 1e6 for s in steps] + [right / 1e6], [100 * s["test_top1"] for s in steps]
+                + [100 * steps[-1]["test_top1"]], where="post", c="tab:gray", lw=1.2, label="uniform staircase")
+    for kind in ("searched", "sensitivity"):
+        rows = sorted((r for r in res["summary"] if r["kind"] == kind), key=lambda r: r["bitops_mean"])
+        if len(rows) > 1:
+            ax.plot([r["bitops_mean"] / 1e6 for r in rows], [100 * r["test_top1_mean"] for r in rows],
+                    c=_STYLE[kind][1], lw=1, alpha=0.7)
 
 
 def ranking_plot(path: str | Path, res: dict[str, Any]) -> None:

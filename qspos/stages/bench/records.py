@@ -12,11 +12,9 @@ from typing import Any
 from qspos.core.stats import binomial_se
 from qspos.results.search_results import SearchResult
 from qspos.runtime.rundir import NetDir, RunDir
-from qspos.stages.bench.plan import BenchDir
+from qspos.stages.bench.plan import BUDGET_KINDS, BenchDir
 from qspos.stages.finetune import FinetuneResult
 from qspos.stages.float_baseline import FloatResult
-
-BUDGET_KINDS = ("searched", "random", "sensitivity")  # the kinds of net made for one budget
 
 
 @dataclass(frozen=True)

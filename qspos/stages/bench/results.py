@@ -20,6 +20,7 @@ from qspos.stages.bench.markdown import markdown
 from qspos.stages.bench.plan import Plan
 from qspos.stages.bench.plots import accuracy_plot, ranking_plot
 from qspos.stages.bench.records import finished_nets, search_counts
+from qspos.stages.bench.staircase import against_staircase
 from qspos.stages.bench.targets import Targets, judge
 
 
@@ -30,19 +31,21 @@ def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]
     carries the net's label (``plan.net``, else the config's name), so the results of several nets
     read as one table."""
     nets, label = finished_nets(work, plan.init), plan.net or cfg.name
-    rank = ranking(nets)
+    rank = {**ranking(nets), "band": plan.rank_band}
     sample = f"0/rank x{plan.rank_archs}"
     have = {f"{n.seed}/{n.name}" for n in nets} | ({sample} if rank["n"] >= plan.rank_archs else set())
     missing = [e for e in expected(plan, budgets) if e not in have]
     ledger = read_ledger(work)
     wall = sum(e["wall_seconds"] for e in ledger)
+    comparisons, summary = compare(nets, budgets), summarise(nets)
     return {
         "partial": bool(missing), "missing": missing, "plan": dataclasses.asdict(plan),
         "budgets": [{"net": label, "name": b.name, "uniform": list(b.uniform) if b.uniform else None,
                      "bitops_max": bitops_bound(b)} for b in budgets],
-        "nets": [{"net": label, **n.to_dict()} for n in nets], "summary": summarise(nets), "ranking": rank,
-        "comparisons": compare(nets, budgets), "searches": search_counts(work), "diagnosis": diagnosis(nets, budgets),
-        "targets": [] if targets is None else judge(nets, rank, budgets, wall, not missing, plan.rank_archs, targets),
+        "nets": [{"net": label, **n.to_dict()} for n in nets], "summary": summary, "ranking": rank,
+        "comparisons": comparisons, "staircase": against_staircase(summary), "searches": search_counts(work),
+        "diagnosis": diagnosis(nets, budgets),
+        "targets": [] if targets is None else judge(nets, rank, budgets, comparisons, wall, not missing, plan, targets),
         "wall_seconds": wall, "invocations": ledger,
     }
 

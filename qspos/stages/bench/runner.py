@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from qspos.core.budget import Budget
+from qspos.core.metrics import ArchMetrics
 from qspos.core.space import Space
 from qspos.errors import QsposError
-from qspos.results.search_results import SearchResult
+from qspos.results.search_results import ParetoPoint, SearchResult
 from qspos.runtime.build import build_supernet
 from qspos.runtime.config import Config, load_config
 from qspos.runtime.provenance import git_commit, machine
@@ -23,6 +24,7 @@ from qspos.stages.bench.ledger import Ledger
 from qspos.stages.bench.plan import DEFAULT_PLAN, BenchDir, Pair, Plan, in_space, net_name, uniform_pairs, uniform_tag
 from qspos.stages.bench.records import measured
 from qspos.stages.bench.results import write_results
+from qspos.stages.bench.state import restore_state, save_state
 from qspos.stages.bench.targets import Targets
 from qspos.stages.budgets import search_budgets
 from qspos.stages.finetune import Target, finetune
@@ -61,6 +63,18 @@ def spread(points: Sequence[Any], n: int) -> list[Any]:
     return [points[i] for i in picks]
 
 
+def ranking_sample(plan: Plan, pool: Sequence[ParetoPoint], metrics: ArchMetrics,
+                   budgets: Sequence[Budget]) -> list[ParetoPoint]:
+    """``plan.rank_archs`` of the archs a search evaluated: spread over BitOps, or with
+    ``plan.rank_band`` those inside that budget's band, spread over the supernet's score (so that
+    the sample spans the scores the search chose between)."""
+    if plan.rank_band is None:
+        return spread(pool, plan.rank_archs)
+    (band,) = [b for b in budgets if b.name == plan.rank_band]
+    inside = sorted((p for p in pool if band.accepts(metrics(p.arch))), key=lambda p: (p.val_top1, p.digest))
+    return spread(inside, plan.rank_archs)
+
+
 def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
           on_progress: Callable[[], object] | None = None) -> None:
     """Train every net of ``plan`` into ``work`` (see the module doc), skipping measured ones (the
@@ -87,12 +101,15 @@ def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
             _done(on_progress)
         inside = [p for p in pairs if in_space(space, p)]
         searching = _searching(plan, seed, nets, inside, budgets)
-        allocating = "sensitivity" in parts and any(not measured(nets.net(net_name("sensitivity", b.name)))
-                                                    for b in budgets)
+        allocating = any(not measured(nets.net(net_name("sensitivity", b.name)))
+                         for b in budgets if "sensitivity" in plan.kinds(b.name))
         if not (searching or allocating):
             continue
         _supernet(scfg, run, on_progress)
-        targets = _search_targets(plan, seed, scfg, run, space, inside, on_progress) if searching else []
+        targets = _search_targets(plan, scfg, run, space, inside, on_progress) if searching else []
+        if searching and "ranking" in parts and seed == 0:
+            targets += [Target(net_name("rank", p.digest), p.arch, p.val_top1)
+                        for p in ranking_sample(plan, evaluations(scfg, run), metrics, budgets)]
         if allocating:
             if not sensitivity_current(run, metrics, budgets):
                 sensitivity(scfg, run)
@@ -107,50 +124,56 @@ def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
 def _searching(plan: Plan, seed: int, nets: RunDir, inside: Sequence[Pair], budgets: Sequence[Budget]) -> bool:
     """Does a net of this seed that needs the search (and the supernet) still wait to be measured?
     The uniform nets ``inside`` the space count (the search scores them); the ranking sample is only
-    known from the search, so it always does."""
-    parts = set(plan.parts)
-    if "ranking" in parts and seed == 0:
+    known from the search, so it does until it has its ``rank_archs`` nets."""
+    ranked = [p for p in nets.finetune_results() if p.parent.name.startswith(net_name("rank", ""))]
+    if "ranking" in plan.parts and seed == 0 and len(ranked) < plan.rank_archs:
         return True
     names = [net_name("uniform", uniform_tag(p)) for p in inside]
-    names += [net_name(kind, b.name) for b in budgets for kind in ("searched", "random") if kind in parts]
+    names += [net_name(kind, b.name) for b in budgets for kind in plan.kinds(b.name) if kind != "sensitivity"]
     return any(not measured(nets.net(n)) for n in names)
 
 
-def _search_targets(plan: Plan, seed: int, cfg: Config, run: RunDir, space: Space, inside: Sequence[Pair],
+def _search_targets(plan: Plan, cfg: Config, run: RunDir, space: Space, inside: Sequence[Pair],
                     on_progress: Callable[[], object] | None) -> list[Target]:
     """The seed's search (skipped when finished with these settings) and the nets it gives: the
-    uniform nets ``inside`` the space with their supernet score, the searched and random-search
-    best of each budget, and (first seed) the ranking sample."""
+    uniform nets ``inside`` the space with their supernet score and the searched and random-search
+    best of each budget."""
     if not search_complete(run, cfg):
         search(cfg, run, resume=True)
         _done(on_progress)
-    found, parts = SearchResult.load(run.search_results), set(plan.parts)
+    found = SearchResult.load(run.search_results)
     targets = [Target(net_name("uniform", uniform_tag(p)), space.uniform(*p), _uniform_score(found, p))
                for p in inside]
     for b in found.budgets:
-        if "searched" in parts:
+        kinds = plan.kinds(b.name)
+        if "searched" in kinds:
             targets.append(Target(net_name("searched", b.name), b.best[0].arch, b.best[0].val_top1))
-        if "random" in parts and b.random_best is not None:
+        if "random" in kinds and b.random_best is not None:
             targets.append(Target(net_name("random", b.name), b.random_best.arch, b.random_best.val_top1))
-    if "ranking" in parts and seed == 0:
-        targets += [Target(net_name("rank", p.digest), p.arch, p.val_top1)
-                    for p in spread(evaluations(cfg, run), plan.rank_archs)]
     return targets
 
 
 def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAULT_PLAN, resume: bool = False,
-              command: str = "", targets: Targets | None = None) -> dict[str, Any]:
+              command: str = "", targets: Targets | None = None, report_only: bool = False,
+              state: str | Path | None = None) -> dict[str, Any]:
     """:func:`bench` into ``work``, rewriting the results in ``out`` after every finished piece
     (so a benchmark cut short still has its partial results, judged against ``targets``) and
     recording this invocation's wall time, command, commit and machine. Without ``resume`` a
-    ``work`` in use is refused; with no ``plan.parts`` it only rewrites the results. The results
-    show ``plan`` resolved: its uniform pairs and its net's label (the config's name by default)."""
+    ``work`` in use is refused; with ``report_only`` it only rewrites the results (``plan`` still
+    says what the complete benchmark holds). The results show ``plan`` resolved: its uniform
+    pairs and its net's label (the config's name by default). With ``state``, the files that say
+    what was measured (no checkpoints, see ``bench.state``) are copied there after every finished
+    piece, and with ``resume`` copied back where ``work`` lacks them: a fresh machine continues the
+    benchmark from a committed ``state``."""
     wd = BenchDir(work)
-    if not resume and wd.path.exists() and any(wd.path.iterdir()):
+    if not (resume or report_only) and wd.path.exists() and any(wd.path.iterdir()):
         raise QsposError(f"{wd.path} already holds a benchmark: pass --resume to continue it, or choose another --out")
+    if state is not None and (resume or report_only):
+        restore_state(state, work)
     provenance = {"command": command, "commit": git_commit(), "machine": machine()}
-    ledger = Ledger(work, **provenance) if plan.parts else None
+    ledger = None if report_only else Ledger(work, **provenance)
     metrics, budgets = search_budgets(cfg, build_supernet(cfg))
+    plan.check_budgets(budgets)
     plan = dataclasses.replace(plan, uniform=tuple(uniform_pairs(plan, metrics, budgets)), net=plan.net or cfg.name)
     plotted = -math.inf
 
@@ -160,15 +183,17 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAU
             ledger.update()
         plots = final or time.monotonic() - plotted > PLOT_EVERY_S  # a plot costs seconds: not after every tiny net
         plotted = time.monotonic() if plots else plotted
+        if state is not None and ledger is not None:
+            save_state(work, state)
         return write_results(cfg, work, out, plan, budgets, provenance, plots, targets)
 
-    if ledger is not None:
-        ledger.update()  # on the books from the start
+    if ledger is None:
+        return progress(final=True)
+    ledger.update()  # on the books from the start
     try:
         bench(cfg, work, plan, on_progress=progress)
     finally:  # an interrupted piece's wall time counts too
-        if ledger is not None:
-            ledger.update()
+        ledger.update()
     return progress(final=True)
 
 
