@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", metavar="OUT.json", help="table to write (for search.latency_table)")
     p.add_argument("--reps", type=int, default=5, help="timed runs per layer setting (median)")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                   help="time float torch ops (default), or each layer as the QCDQ export writes it in onnxruntime's "
+                   "optimised session, one thread: integer kernels where the file gets them")
 
     p = sub.add_parser("bench", help="accuracy against BitOps: float, uniform, searched, random and "
                        "sensitivity nets over seeds")
@@ -361,7 +364,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from qspos.stages.latency import measure_latency
 
-    table = measure_latency(cfg, args.table, reps=args.reps, batch_size=args.batch_size)
+    table = measure_latency(cfg, args.table, reps=args.reps, batch_size=args.batch_size, engine=args.engine)
     n = sum(len(d) for d in table.entries.values())
     print(f"wrote {n} layer settings of {len(table.entries)} layers to {args.table}")
     return 0

@@ -2,12 +2,15 @@
 
 The table has an entry per layer and (in channels, out channels, w_bits, a_bits) setting the
 space can give it; an arch's latency is the sum of its layers' entries. Measured here with torch,
-each Conv2d/Linear is timed as a float op of that shape: fake-quantized Brevitas layers time the
-simulation, not a deployment, and CPU int8 kernels do not get faster below 8 bits, so every bit
-pair of one shape gets the same entry. A table measured elsewhere (e.g. with bit-serial kernels)
-may give different entries per bit pair in the same format. Measure on the deployment target:
+each Conv2d/Linear is timed by a :class:`LayerTimer`: by default as a float op of that shape
+(fake-quantized Brevitas layers time the simulation, not a deployment, and CPU int8 kernels do not
+get faster below 8 bits, so every bit pair of one shape gets the same entry); with
+``--engine onnxruntime`` as the one-layer QCDQ graph the export writes, in onnxruntime's optimised
+session (:mod:`qspos.formats.layer_latency`: integer kernels where the file gets them). A table
+measured elsewhere (e.g. with bit-serial kernels) may give different entries per bit pair in the
+same format. Measure on the deployment target:
 
-    qspos latency CONFIG OUT.json [--reps 5] [--batch-size 1]
+    qspos latency CONFIG OUT.json [--engine torch|onnxruntime] [--reps 5] [--batch-size 1]
 
 then point ``search.latency_table`` at OUT.json.
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 import itertools
 import platform
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 
@@ -84,31 +87,65 @@ def layer_settings(p: LayerPlan, space: Space) -> list[tuple[int, int, int | Non
     return [(i, o, w, a) for i, o, (w, a) in itertools.product(ins, outs, pairs)]
 
 
-@torch.no_grad()
+class LayerTimer(Protocol):
+    """Milliseconds of one layer setting: ``layer`` (for its kind, kernel, stride, groups, input
+    sign) at ``in_c``/``out_c`` channels and ``w_bits``/``a_bits`` (None: float) on a batch
+    ``x``. Its ``name`` and ``threads`` go into the table's meta (what the entries mean)."""
+
+    name: str
+    threads: int
+
+    def __call__(self, layer: SearchableLayer, in_c: int, out_c: int, w_bits: int | None, a_bits: int | None,
+                 x: torch.Tensor) -> float: ...
+
+
+class FloatOpTimer:
+    """Each layer as a float torch op of its shape: every bit pair of one shape gets the same entry
+    (fake-quantized layers time the simulation, and CPU int8 kernels do not get faster below 8 bits)."""
+
+    name = "torch-float"
+
+    def __init__(self, reps: int = 5, warmup: int = 2):
+        self.reps, self.warmup = reps, warmup
+        self._timed: dict[tuple, float] = {}
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    @torch.no_grad()
+    def __call__(self, layer: SearchableLayer, in_c: int, out_c: int, w_bits: int | None, a_bits: int | None,
+                 x: torch.Tensor) -> float:
+        key = (id(layer), in_c, out_c)
+        if key not in self._timed:
+            self._timed[key] = median_ms(float_op(layer, in_c, out_c), x, self.reps, self.warmup)
+        return self._timed[key]
+
+
 def measure_latency_table(
     supernet: Supernet,
     input_shape: tuple[int, int, int],
     reps: int = 5,
     warmup: int = 2,
     batch_size: int = 1,
+    timer: LayerTimer | None = None,
 ) -> LatencyTable:
-    """Time every layer shape of the space on this machine (median of ``reps`` runs)."""
+    """Time every layer setting of the space on this machine with ``timer`` (default: the float
+    torch op of each shape, median of ``reps`` runs)."""
+    timer = timer or FloatOpTimer(reps, warmup)
     plan = CostModel(supernet, input_shape).plan
     in_hw = {name: shape[0][2:] for name, shape in trace_shapes(supernet, input_shape).items()}
     entries: dict[str, dict[str, float]] = {}
     for p, (name, layer) in zip(plan, supernet.layer_items()):
         entries[name] = {}
-        timed: dict[tuple[int, int], float] = {}
         for in_c, out_c, w, a in layer_settings(p, supernet.space):
-            if (in_c, out_c) not in timed:
-                op = _float_op(layer, in_c, out_c)
-                x = torch.randn(batch_size, in_c, *in_hw[name]) if in_hw[name] else torch.randn(batch_size, in_c)
-                timed[in_c, out_c] = _median_ms(op, x, reps, warmup)
-            entries[name][_key(in_c, out_c, w or FLOAT_BITS, a or FLOAT_BITS)] = timed[in_c, out_c]
+            x = torch.randn(batch_size, in_c, *in_hw[name]) if in_hw[name] else torch.randn(batch_size, in_c)
+            entries[name][_key(in_c, out_c, w or FLOAT_BITS, a or FLOAT_BITS)] = timer(layer, in_c, out_c, w, a, x)
     meta = {
         "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "engine": timer.name,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": timer.threads,
         "batch_size": batch_size,
         "reps": reps,
         "input_shape": list(input_shape),
@@ -116,7 +153,8 @@ def measure_latency_table(
     return LatencyTable(entries, meta)
 
 
-def _float_op(layer: SearchableLayer, in_c: int, out_c: int) -> torch.nn.Module:
+def float_op(layer: SearchableLayer, in_c: int, out_c: int) -> torch.nn.Module:
+    """The float torch op of ``layer``'s kind at ``in_c``/``out_c`` channels."""
     if isinstance(layer, SearchableConv2d):
         groups = out_c if layer.depthwise else layer.groups
         return torch.nn.Conv2d(in_c, out_c, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
@@ -124,7 +162,8 @@ def _float_op(layer: SearchableLayer, in_c: int, out_c: int) -> torch.nn.Module:
     return torch.nn.Linear(in_c, out_c, bias=layer.bias is not None)
 
 
-def _median_ms(op: torch.nn.Module, x: torch.Tensor, reps: int, warmup: int) -> float:
+def median_ms(op: Callable[[torch.Tensor], object], x: torch.Tensor, reps: int, warmup: int) -> float:
+    """Median milliseconds of ``op(x)`` over ``reps`` runs after ``warmup``."""
     times = []
     for i in range(warmup + reps):
         t0 = time.perf_counter()
