@@ -2,7 +2,7 @@
 at budgets below uniform 2,2, at 2,2, between 2,2 and 3,3 and at 3,3, each against the best
 uniform net that fits, the sensitivity allocation and (at two budgets) random search.
 
-    .venv/bin/python benchmarks/bench_accuracy2.py [--nets resnet14,mobilenet_v2] [--seeds 3]
+    .venv/bin/python benchmarks/bench_accuracy2.py [--nets resnet14,mobilenet_v2] [--seeds 3] [--seed S ...]
         [--work runs/bench_accuracy2] [--out benchmarks/results/accuracy2] [--resume] [--report-only]
         [--set k=v ...]
 
@@ -14,8 +14,9 @@ ranking nets inside the w2a2 band (``--rank-band w2a2 --rank-archs 8``). Its che
 state (every measured net's files, no checkpoints) to ``OUT/<net>/state`` after every finished
 piece. ``--resume`` continues from that state where ``WORK`` lacks it, so a fresh clone goes on
 from the committed results: a measured net is never redone. ``OUT/results.json`` and
-``results.md`` combine the nets and judge the targets across them. ``--nets`` runs a subset (one
-net per session, say); the combined files always cover every net that has results.
+``results.md`` combine the nets and judge the targets across them. ``--nets`` and ``--seed`` run a
+subset (one net's seed per session: a seed cut short would retrain its supernet, and its nets
+would come from two supernets); the combined files always cover every net that has results.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def _names(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", type=_names, default=list(NETS), help="which nets to run (default: all)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="the benchmark's seeds 0..N-1 (default 3)")
+    parser.add_argument("--seed", type=int, action="append", default=None, dest="train_seeds",
+                        help="train only this seed (repeatable; default all): one seed per piece keeps each seed's "
+                        "nets on one supernet")
     parser.add_argument("--work", default="runs/bench_accuracy2", help="checkpoints (default runs/bench_accuracy2)")
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy2"), help="results and state")
     parser.add_argument("--resume", action="store_true", help="continue the benchmark (from the state where "
@@ -71,7 +75,8 @@ def main() -> None:
                 plan = Plan(**{"seeds": args.seeds, "parts": PARTS, "net": net, "random_budgets": RANDOM_BUDGETS,
                                **RANKING.get(net, {})})
                 run_bench(cfg, work / net, out / net, plan, resume=args.resume, report_only=args.report_only,
-                          command=command, targets=Targets.load(TARGETS, net), state=out / net / "state")
+                          command=command, targets=Targets.load(TARGETS, net), state=out / net / "state",
+                          seeds=args.train_seeds)
         finally:  # whatever has results, a stopped piece's included
             write_combined(out, list(NETS), {"command": command, "commit": git_commit(), "machine": machine()},
                            WALL_HOURS)

@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,9 @@ def _run(monkeypatch, module, *args: str) -> None:
 def test_two_nets_in_pieces_combined_and_continued_from_the_state(tmp_path, monkeypatch):
     module, work, out = _script(tmp_path), tmp_path / "work", tmp_path / "out"
     where = ["--work", str(work), "--out", str(out), "--seeds", "1"]
-    _run(monkeypatch, module, *where, "--nets", "resnet14")
+    with pytest.raises(SystemExit, match="seed 1 is not one of the plan's seeds 0..0"):
+        _run(monkeypatch, module, *where, "--nets", "resnet14", "--seed", "1")
+    _run(monkeypatch, module, *where, "--nets", "resnet14", "--seed", "0")
     res = json.loads((out / "results.json").read_text())
     assert res["partial"] and res["not_started"] == ["mobilenet_v2"]
     r14 = json.loads((out / "resnet14" / "results.json").read_text())

@@ -76,12 +76,13 @@ def ranking_sample(plan: Plan, pool: Sequence[ParetoPoint], metrics: ArchMetrics
 
 
 def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
-          on_progress: Callable[[], object] | None = None) -> None:
-    """Train every net of ``plan`` into ``work`` (see the module doc), skipping measured ones (the
+          on_progress: Callable[[], object] | None = None, seeds: Sequence[int] | None = None) -> None:
+    """Train every net of ``plan`` (of its ``seeds`` only, when given: one seed per piece keeps a
+    seed's nets on one supernet) into ``work`` (see the module doc), skipping measured ones (the
     float net, supernet, search and sensitivity run only when a net still to train needs them).
     ``on_progress`` runs after each finished piece (e.g. to rewrite the results)."""
     wd, parts, init = BenchDir(work), set(plan.parts), plan.init
-    for seed in range(plan.seeds):
+    for seed in range(plan.seeds) if seeds is None else seeds:
         scfg = seed_config(cfg, seed, init)
         run, nets = wd.seed(seed), wd.policy(seed, init)
         supernet = build_supernet(scfg)
@@ -155,7 +156,7 @@ def _search_targets(plan: Plan, cfg: Config, run: RunDir, space: Space, inside: 
 
 def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAULT_PLAN, resume: bool = False,
               command: str = "", targets: Targets | None = None, report_only: bool = False,
-              state: str | Path | None = None) -> dict[str, Any]:
+              state: str | Path | None = None, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """:func:`bench` into ``work``, rewriting the results in ``out`` after every finished piece
     (so a benchmark cut short still has its partial results, judged against ``targets``) and
     recording this invocation's wall time, command, commit and machine. Without ``resume`` a
@@ -164,8 +165,12 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAU
     pairs and its net's label (the config's name by default). With ``state``, the files that say
     what was measured (no checkpoints, see ``bench.state``) are copied there after every finished
     piece, and with ``resume`` copied back where ``work`` lacks them: a fresh machine continues the
-    benchmark from a committed ``state``."""
+    benchmark from a committed ``state``. ``seeds``: train only these of the plan's seeds (the
+    results still judge all of them)."""
     wd = BenchDir(work)
+    bad = [s for s in seeds or () if not 0 <= s < plan.seeds]
+    if bad:
+        raise QsposError(f"bench: seed {bad[0]} is not one of the plan's seeds 0..{plan.seeds - 1}")
     if not (resume or report_only) and wd.path.exists() and any(wd.path.iterdir()):
         raise QsposError(f"{wd.path} already holds a benchmark: pass --resume to continue it, or choose another --out")
     if state is not None and (resume or report_only):
@@ -191,7 +196,7 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAU
         return progress(final=True)
     ledger.update()  # on the books from the start
     try:
-        bench(cfg, work, plan, on_progress=progress)
+        bench(cfg, work, plan, on_progress=progress, seeds=seeds)
     finally:  # an interrupted piece's wall time counts too
         ledger.update()
     return progress(final=True)
