@@ -7,7 +7,8 @@ uniform net that fits, the sensitivity allocation and (at two budgets) random se
         [--set k=v ...]
 
 Each net is ``qspos bench`` on its config (``benchmarks/configs/accuracy2_<net>.yaml``) with the
-parts float, uniform, searched, random and sensitivity, random-search nets at w2a2 and mid only,
+parts float, uniform, searched, random and sensitivity, random-search nets at w2a2 and mid only (the
+search runs its random baseline only there),
 and the targets of ``benchmarks/configs/accuracy2_targets.yaml``; ResNet-14's first seed adds 8
 ranking nets inside the w2a2 band (``--rank-band w2a2 --rank-archs 8``). Its checkpoints go to
 ``WORK/<net>``, its results to ``OUT/<net>`` (results.json, results.md, accuracy.png) and its

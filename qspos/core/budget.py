@@ -59,8 +59,9 @@ class Budget:
         return all(hi is None or metrics[metric] <= hi for metric, (_, hi) in self.limits.items())
 
 
-def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") -> None:
-    """Syntax check of budget entries (no supernet needed): fails early, naming the key."""
+def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") -> list[str]:
+    """Syntax check of budget entries (no supernet needed): fails early, naming the key. Returns
+    the budgets' names."""
     names = []
     for i, entry in enumerate(entries):
         key = f"{where}[{i}]"
@@ -74,6 +75,7 @@ def check_budget_entries(entries: Sequence[Any], where: str = "search.budgets") 
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise QsposError(f"{where}: budget names must be unique, {dup[0]!r} is used twice")
+    return names
 
 
 def parse_budgets(entries: Sequence[Any], metrics: ArchMetrics, where: str = "search.budgets",

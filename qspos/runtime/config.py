@@ -170,7 +170,9 @@ class SearchConfig:
     max_tries: int = 100_000  # uniform samples in a row before giving up on one more arch in a budget
     calib_images: int = 2048  # BN recalibration images from the training split
     val_images: int | None = None  # None: the whole held-out validation split
-    random_baseline: bool = True  # random search with as many evaluations, as a baseline
+    # random search with as many evaluations, as a baseline: under every budget, none, or the named
+    # ones (each costs as much as its evolution; two budgets answer "does evolution beat it")
+    random_baseline: bool | list[str] = True
     # after the evolution, raise the pick one choice at a time while it stays in the budget and its
     # score within its noise (qspos.core.fill): the search spends what the pick leaves
     fill: bool = True
@@ -495,4 +497,8 @@ def _validate_search(s: SearchConfig) -> None:
         raise QsposError(f"search.floor: a share of each budget's bound in (0, 1] (or null), got {s.floor}")
     if s.val_images is not None and s.val_images < 1:
         raise QsposError(f"search.val_images: must be positive or null, got {s.val_images}")
-    check_budget_entries(s.budgets, "search.budgets")
+    names = check_budget_entries(s.budgets, "search.budgets")
+    unknown = [n for n in s.random_baseline if n not in names] if isinstance(s.random_baseline, list) else []
+    if unknown:
+        raise QsposError(f"search.random_baseline: no budget named {unknown[0]!r} "
+                         f"(budgets: {', '.join(names) or 'none'})")

@@ -25,7 +25,7 @@ from qspos.stages.export import ExportResult, export, export_table
 from qspos.stages.finetune import FinetuneResult, finetune, results_table
 from qspos.stages.float_baseline import train_float
 from qspos.stages.report import write_report
-from qspos.stages.search import SearchResult, search, state_fingerprint
+from qspos.stages.search import SearchResult, random_baseline, search, state_fingerprint
 from qspos.stages.train import TrainResult, check_trained, train_supernet
 
 
@@ -94,11 +94,14 @@ def supernet_complete(path: Path) -> bool:
 
 
 def search_complete(run: RunDir, cfg: Config) -> bool:
-    """Are the search's outputs all there, from a search with these settings? (If not, resuming
-    the search finishes it, or refuses a search saved with other settings.)"""
+    """Are the search's outputs all there, from a search with these settings, with the random
+    baseline under every budget that asks for one? (If not, resuming the search finishes it, or
+    refuses a search saved with other settings.)"""
     if not run.search_finished():
         return False
-    return load_checkpoint(run.search_state).get("fingerprint") == state_fingerprint(cfg)
+    state = load_checkpoint(run.search_state)
+    return state.get("fingerprint") == state_fingerprint(cfg) and all(
+        bs.get("random") is not None for name, bs in state["budgets"].items() if random_baseline(cfg.search, name))
 
 
 def _exported(summary: Path, formats: list[str]) -> bool:

@@ -33,7 +33,7 @@ from qspos.results.search_results import (
 )
 from qspos.runtime.build import build_supernet, load_supernet
 from qspos.runtime.checkpoint import atomic_save
-from qspos.runtime.config import Config
+from qspos.runtime.config import Config, SearchConfig
 from qspos.runtime.data import load_splits
 from qspos.runtime.distributed import init_distributed, pick_device
 from qspos.runtime.evaluate import search_evaluator
@@ -49,9 +49,16 @@ from qspos.stages.sensitivity import measure_and_allocate, write_sensitivity
 def state_fingerprint(cfg: Config) -> str:
     """What a saved search depends on: the supernet, the run's data (``data_identity``, as every
     stage compares it), the score candidates are ranked by, the search settings (not the device,
-    which changes no result)."""
-    same = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, device="auto"))
+    which changes no result, nor the budgets of the random baseline: a resumed search adds the
+    ones it lacks, and no other result depends on them)."""
+    same = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, device="auto", random_baseline=True))
     return fingerprint(same, "model", "space", "quant", "data", "score", "search")
+
+
+def random_baseline(scfg: SearchConfig, budget: str) -> bool:
+    """Does ``budget`` get a random search as the evolution's baseline?"""
+    rb = scfg.random_baseline
+    return budget in rb if isinstance(rb, list) else rb
 
 
 class _Search:
@@ -305,7 +312,7 @@ def search(cfg: Config, run_dir: str | Path | RunDir | None = None, resume: bool
             if method == "evolution":
                 task = bar.add_task(f"evolution {b.name}", total=s.scfg.iterations, info="")
                 s.evolve(b, bar, task, seed=allocated.get(b.name) if s.scfg.sensitivity_seed else None)
-            if s.scfg.random_baseline or method == "random":
+            if method == "random" or random_baseline(s.scfg, b.name):
                 s.random_search(b, bar, bar.add_task(f"random {b.name}", total=1, info=""))
             if s.scfg.fill:
                 s.fill(b)

@@ -60,6 +60,9 @@ def test_overrides_and_round_trip(tmp_path):
     ({"space": {"weight_bits": [2]}}, "give pairs, or both weight_bits and act_bits"),
     ({"space": SPACE, "model": {"num_classes": 0}}, "model.num_classes: must be positive"),
     ({"space": SPACE, "search": {"mutation_prob": 1.5}}, "search.mutation_prob"),
+    ({"space": SPACE, "search": {"budgets": [{"name": "lo", "bitops": "uniform 2,2"}], "random_baseline": ["hi"]}},
+     r"search.random_baseline: no budget named 'hi' \(budgets: lo\)"),
+    ({"space": SPACE, "search": {"random_baseline": "lo"}}, "search.random_baseline: expected bool"),
 ])
 def test_errors_name_the_key(data, key):
     with pytest.raises(QsposError, match=key) as e:

@@ -108,6 +108,21 @@ def test_breeding_keeps_archs_legal_new_and_in_budget(tmp_path, perturb):
     assert len(random_archs(space, rng, accept, seen, 10_000, 50)) < 10_000
 
 
+def test_random_baseline_under_named_budgets_only_and_a_resume_adds_the_rest(tmp_path, perturb):
+    budgets = [{"name": "a", "bitops": "uniform 3,3"}, {"name": "b", "size_bits": "uniform 4,2"}]
+    cfg, run_dir = make_run(tmp_path, perturb, budgets=budgets, random_baseline=["b"], iterations=2)
+    first = search(cfg, run_dir)
+    assert [x.random_best is not None for x in first.budgets] == [False, True]
+    before = load_checkpoint(run_dir / "search" / "state.pt")["budgets"]
+    assert before["a"]["random"] is None and len(before["b"]["random"]) == len(before["b"]["evaluated"])
+    # the random baseline's budgets are not part of the saved search's settings: a resume adds them
+    again = search(load_config(cfg, ["search.random_baseline=true"]), run_dir, resume=True)
+    after = load_checkpoint(run_dir / "search" / "state.pt")["budgets"]
+    assert after["a"]["evaluated"] == before["a"]["evaluated"] and after["b"] == before["b"]
+    assert len(after["a"]["random"]) == len(after["a"]["evaluated"])
+    assert [x.best for x in again.budgets] == [x.best for x in first.budgets]
+
+
 def test_resume_gives_the_same_result(tmp_path, perturb, monkeypatch):
     budgets = [{"name": "a", "bitops": "uniform 3,3"}, {"name": "b", "size_bits": "uniform 4,2"}]
     cfg, run_dir = make_run(tmp_path / "full", perturb, budgets=budgets, random_baseline=True)

@@ -45,6 +45,15 @@ def seed_config(cfg: Config, seed: int, init: str) -> Config:
                                finetune=dataclasses.replace(cfg.finetune, init=init))
 
 
+def random_where_planned(cfg: Config, plan: Plan) -> Config:
+    """``cfg`` with the random baseline searched only under the budgets where ``plan`` fine-tunes a
+    random-search net: each costs as much as the evolution it is compared with."""
+    wanted: bool | list[str] = "random" in plan.parts
+    if wanted and plan.random_budgets is not None:
+        wanted = list(plan.random_budgets)
+    return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, random_baseline=wanted))
+
+
 def uniform_variant(cfg: Config, pair: Pair, float_checkpoint: Path | None) -> Config:
     """A one-arch space holding uniform ``pair`` (width 1.0) for a net outside ``cfg``'s space;
     it starts from the float net when one is given, else from scratch."""
@@ -83,6 +92,7 @@ def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
     float net, supernet, search and sensitivity run only when a net still to train needs them).
     ``on_progress`` runs after each finished piece (e.g. to rewrite the results)."""
     wd, parts, init = BenchDir(work), set(plan.parts), plan.init
+    cfg = random_where_planned(cfg, plan)
     for seed in range(plan.seeds) if seeds is None else seeds:
         scfg = seed_config(cfg, seed, init)
         run, nets = wd.seed(seed), wd.policy(seed, init)
