@@ -158,6 +158,9 @@ class SearchConfig:
     # allocation (per choice point drops, then an exact knapsack: qspos.core.sensitivity)
     method: Literal["evolution", "random", "sensitivity"] = "evolution"
     sensitivity_seed: bool = False  # the sensitivity allocation joins the evolution's first generation
+    # what the sensitivity table measures per choice point: every choice (joint), or one factor
+    # (weight bits, activation bits, width) lowered at a time, a choice's drop the sum of its factors'
+    sensitivity_probes: Literal["joint", "factored"] = "joint"
     # each budget's band: min = floor x max for every bound without its own min (a budget entry's
     # own floor wins; null: no floor), so the search spends its budget
     floor: float | None = 0.9

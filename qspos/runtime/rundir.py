@@ -44,10 +44,18 @@ def data_identity(cfg: Config) -> dict[str, Any]:
     return {f"data.{k}": v for k, v in dataclasses.asdict(cfg.data).items() if k not in DATA_NOT_IDENTITY}
 
 
+# settings added after runs were saved that behaved as this value does: at it, a setting stays out
+# of the digest, so those runs still resume
+IMPLIED = {("search", "sensitivity_probes"): "joint"}
+
+
 def fingerprint(cfg: Config, *sections: str) -> str:
     """Digest of the config sections a stage's output depends on (checked on resume and reuse);
     the ``data`` section counts by its :func:`data_identity`."""
     d = {**cfg.to_dict(), "data": data_identity(cfg)}
+    for (section, key), value in IMPLIED.items():
+        if d[section].get(key) == value:
+            del d[section][key]
     canon = json.dumps({s: d[s] for s in sections}, sort_keys=True)
     return hashlib.sha1(canon.encode()).hexdigest()[:12]
 

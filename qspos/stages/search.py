@@ -187,7 +187,8 @@ class _Search:
         """The sensitivity table and each budget's allocation (its probes go through the shared,
         saved cache, so a resumed search does not measure them again); written beside the
         search's results."""
-        result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets)
+        result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets,
+                                      self.scfg.sensitivity_probes)
         for name, arch in result.allocations.items():
             self.state.budget(name).sensitivity = [arch.digest()]
         self._save()

@@ -18,7 +18,7 @@ from typing import Any
 from qspos.core.arch import Arch, Choice
 from qspos.core.budget import Budget
 from qspos.core.metrics import ArchMetrics
-from qspos.core.sensitivity import Score, Sensitivity, allocations, measure
+from qspos.core.sensitivity import Probes, Score, Sensitivity, allocations, measure
 from qspos.core.space import Space, choice_order
 from qspos.results.search_results import choice_text
 from qspos.runtime.build import load_supernet
@@ -47,10 +47,10 @@ class SensitivityResult:
                                 for name, arch in self.allocations.items()}}
 
 
-def measure_and_allocate(space: Space, score: Score, metrics: ArchMetrics,
-                         budgets: Sequence[Budget]) -> SensitivityResult:
-    """The table (one batch of probes through ``score``), then each budget's allocation, scored."""
-    sens = measure(space, score)
+def measure_and_allocate(space: Space, score: Score, metrics: ArchMetrics, budgets: Sequence[Budget],
+                         probes: Probes = "joint") -> SensitivityResult:
+    """The table (one batch of ``probes`` through ``score``), then each budget's allocation, scored."""
+    sens = measure(space, score, probes)
     allocs = allocations(sens, metrics, budgets)
     names = list(allocs)
     measured = score([allocs[n] for n in names])
@@ -62,7 +62,9 @@ def sensitivity_markdown(result: SensitivityResult, space: Space, score: ScoreFo
     """Per choice point, the score lost by each choice alone (every other point at the top)."""
     s, columns = result.sensitivity, _columns(space)
     lines = [f"Top arch (every choice point at its top choice): val {score.name} {score.text(s.top_score)}.", "",
-             f"Drop of val {score.name}{score.unit} when one choice point alone takes a choice:", "",
+             f"Drop of val {score.name}{score.unit} when one choice point alone takes a choice"
+             + (" (factored probes: one factor lowered at a time; a choice's drop is predicted as the sum of its "
+                "factors')" if s.probes == "factored" else "") + ":", "",
              "| choice point | " + " | ".join(_text(c) for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for p in space.points:
@@ -126,7 +128,7 @@ def sensitivity(cfg: Config, run_dir: str | Path | RunDir | None = None) -> Sens
     supernet = load_supernet(cfg, run.supernet, device=device)
     metrics, budgets = search_budgets(cfg, supernet)
     evaluator = search_evaluator(cfg, supernet, load_splits(cfg.data, cfg.model), device)
-    result = measure_and_allocate(supernet.space, evaluator, metrics, budgets)
+    result = measure_and_allocate(supernet.space, evaluator, metrics, budgets, cfg.search.sensitivity_probes)
     fmt = ScoreFormat(cfg.score)
     run.record_config(cfg)
     write_sensitivity(run, result, supernet.space, fmt)

@@ -4,6 +4,8 @@ run's data, and one command at a time (an OS lock)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import socket
@@ -70,6 +72,16 @@ def test_every_data_setting_defines_a_run_but_those_that_change_no_result(small_
         assert data_identity(load_config(small_cfg, [change])) != base, change
     same = load_config(small_cfg, ["data.workers=2", "data.download=true"])
     assert fingerprint(same, "model", "data") == fingerprint(small_cfg, "model", "data")
+
+
+def test_a_setting_added_later_at_its_implied_value_leaves_saved_fingerprints_alone(small_cfg):
+    """A run saved before ``search.sensitivity_probes`` existed measured joint probes: at that value
+    the digest is the one computed without the key; another value makes another run."""
+    d = {**small_cfg.to_dict(), "data": data_identity(small_cfg)}
+    del d["search"]["sensitivity_probes"]
+    before = hashlib.sha1(json.dumps({"search": d["search"]}, sort_keys=True).encode()).hexdigest()[:12]
+    assert fingerprint(small_cfg, "search") == before and small_cfg.search.sensitivity_probes == "joint"
+    assert fingerprint(load_config(small_cfg, ["search.sensitivity_probes=factored"]), "search") != before
 
 
 def _holder(path) -> subprocess.Popen:

@@ -4,8 +4,12 @@ import pytest
 
 from qspos.cli import main
 from qspos.core.arch import Arch
+from qspos.runtime.build import build_supernet
 from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
+from qspos.runtime.rundir import RunDir
+from qspos.stages.bench.allocation import sensitivity_current
+from qspos.stages.budgets import search_budgets
 from qspos.stages.search import search
 from tests.helpers import make_run
 
@@ -24,6 +28,20 @@ def test_the_sensitivity_command_writes_its_table_and_allocations(tmp_path, pert
     assert (run_dir / "search" / "sensitivity.md").read_text().count("| layer") == 3
     assert (run_dir / "search" / "sensitivity.png").stat().st_size > 0
     assert "drop, one choice point lowered" in capsys.readouterr().out
+
+
+def test_factored_probes_measure_one_factor_at_a_time(tmp_path, perturb):
+    cfg, run_dir = make_run(tmp_path, perturb, ["search.sensitivity_probes=factored"], budgets=BUDGETS)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.to_yaml())
+    assert main(["sensitivity", str(path), "--out", str(run_dir)]) == 0
+    data = json.loads((run_dir / "search" / "sensitivity.json").read_text())
+    assert data["probes"] == "factored" and set(data["allocations"]) == {"w2a2", "w4a4"}
+    assert all(len(drops) == 4 for drops in data["drops"].values())  # the top choice and 3 factors lowered
+    assert "factored probes" in (run_dir / "search" / "sensitivity.md").read_text()
+    metrics, budgets = search_budgets(cfg, build_supernet(cfg))
+    run = RunDir(run_dir)
+    assert sensitivity_current(run, metrics, budgets, "factored") and not sensitivity_current(run, metrics, budgets)
 
 
 @pytest.mark.parametrize("method", ["sensitivity", "random"])

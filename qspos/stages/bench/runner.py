@@ -123,7 +123,7 @@ def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
             targets += [Target(net_name("rank", p.digest), p.arch, p.val_top1)
                         for p in ranking_sample(plan, evaluations(scfg, run), metrics, budgets)]
         if allocating:
-            if not sensitivity_current(run, metrics, budgets):
+            if not sensitivity_current(run, metrics, budgets, scfg.search.sensitivity_probes):
                 sensitivity(scfg, run)
                 _done(on_progress)
             targets += allocation_targets(run, budgets)
