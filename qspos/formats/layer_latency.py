@@ -6,9 +6,10 @@ The graph is the export's pattern for one conv or linear layer: the input's quan
 an integer Clip to its k-bit range), int8 weight codes and an int32 bias dequantized at the
 accumulator's scale, the layer, and the next quantize step after it (where onnxruntime's fusion
 needs one). :func:`~qspos.formats.qcdq_graph.float_convs_where_pairs_overflow` then keeps it float
-where the export does (8-bit weights on 8-bit inputs). What onnxruntime runs depends only on the
-shape and on whether the layer runs on integers, so one timing serves every bit pair that shares
-them.
+where the export does (8-bit weights on 8-bit inputs), and a signed input is written as uint8
+(:func:`~qspos.formats.qcdq_graph.signed_steps_as_unsigned`), as the export writes it. What
+onnxruntime runs depends only on the shape and on whether the layer runs on integers, so one
+timing serves every bit pair that shares them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import torch
 
 from qspos.core.layers import SearchableConv2d, SearchableLayer
 from qspos.formats.ort_run import latency_ms
-from qspos.formats.qcdq_graph import DEQUANT, QUANT, float_convs_where_pairs_overflow, int16_pairs_fit
+from qspos.formats.qcdq_graph import (
+    DEQUANT,
+    QUANT,
+    float_convs_where_pairs_overflow,
+    int16_pairs_fit,
+    signed_steps_as_unsigned,
+)
 
 OPSET = 13
 
@@ -95,6 +102,7 @@ def qcdq_layer(layer: SearchableLayer, in_c: int, out_c: int, w_bits: int | None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     float_convs_where_pairs_overflow(model)
+    signed_steps_as_unsigned(model)
     return model
 
 

@@ -52,6 +52,7 @@ from qspos.formats.qcdq_graph import (
     count_convs,
     float_convs_where_pairs_overflow,
     float_graph,
+    signed_steps_as_unsigned,
 )
 from qspos.runtime.files import atomic_path
 from qspos.runtime.progress import percent
@@ -143,6 +144,7 @@ def write(ref: Reference, out: Path, metadata: Mapping[str, Any]) -> str:
                 set_onnx_metadata(float_tmp, metadata)
             float_convs_where_pairs_overflow(exported)
             clips_into_integer_clips(exported)
+            signed_steps_as_unsigned(exported)
             onnx.save(exported, str(tmp))
             set_onnx_metadata(tmp, metadata)
     return FILE

@@ -12,7 +12,9 @@ float, run by the same engine: :func:`float_graph` stores every weight dequantiz
 activation's quantize-(clip-)dequantize chain (BatchNorm already folded). :func:`count_convs` tells
 how many convs of an optimised graph run on integers. A float Clip between a conv and its quantize
 steps (ReLU6) keeps onnxruntime from fusing them; :func:`clips_into_integer_clips` moves it after
-the quantize step's integer Clip, exactly.
+the quantize step's integer Clip, exactly. :func:`signed_steps_as_unsigned` writes signed
+activations as uint8 with their zero point shifted by 128, exactly, so that convs reading them run
+on integers too.
 """
 
 from __future__ import annotations
@@ -95,6 +97,55 @@ def clips_into_integer_clips(model: Any) -> int:
         moved += 1
     _prune(graph)
     return moved
+
+
+def signed_steps_as_unsigned(model: Any) -> int:
+    """Write each signed activation quantize step (int8 codes, zero point z) as uint8 codes with
+    zero point z + 128, the integer Clips and dequantize steps that read it shifted alike, in place;
+    how many were changed. A step with any other reader (a conv kept float) stays as it is.
+
+    Exact: ``clamp(round(x / s) + z + 128, 0, 255)`` is the int8 code plus 128, and every clip bound
+    and zero point moves by 128 with it. Why: onnxruntime on x86 runs a conv on integers only with
+    uint8 inputs unless the CPU has fast int8 dot products, and only when its input and output
+    types agree; it converts plain int8 quantize-dequantize pairs itself, but not across the
+    integer Clip of a step narrower than 8 bits (the expand convs of MobileNetV2 read such steps)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
+    changed = 0
+    for q in [n for n in graph.node if n.op_type == QUANT and len(n.input) > 2]:
+        if _int8_const(q.input[2], consts) is None:
+            continue
+        clips = [r for r in consumers.get(q.output[0], []) if r.op_type == "Clip"]
+        codes = [q.output[0], *(c.output[0] for c in clips)]
+        readers = [r for name in codes for r in consumers.get(name, []) if r not in clips]
+        if (outputs & set(codes) or any(len(c.input) != 3 or _int8_const(c.input[1], consts) is None
+                                        or _int8_const(c.input[2], consts) is None for c in clips)
+                or any(r.op_type != DEQUANT or len(r.input) < 3 or _int8_const(r.input[2], consts) is None
+                       for r in readers)):
+            continue
+        for node, slot in [(q, 2), *((c, 1) for c in clips), *((c, 2) for c in clips), *((r, 2) for r in readers)]:
+            name = f"{node.output[0]}.uint8.{slot}"
+            shifted = (consts[node.input[slot]].astype(np.int16) + 128).astype(np.uint8)
+            graph.initializer.append(numpy_helper.from_array(shifted, name))
+            node.input[slot] = name
+        kept = [v for v in graph.value_info if v.name not in codes]  # their type is uint8 now
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        changed += 1
+    _prune(graph)
+    return changed
+
+
+def _int8_const(name: str, consts: dict[str, np.ndarray]) -> np.ndarray | None:
+    value = consts.get(name)
+    return value if value is not None and value.dtype == np.int8 else None
 
 
 def _unsigned_step_then_clip(q: Any, after: list[Any], consts: dict[str, np.ndarray]) -> bool:

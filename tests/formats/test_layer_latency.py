@@ -26,13 +26,13 @@ def _optimised(model, tmp_path):
 
 
 @pytest.mark.parametrize("w_bits, a_bits, signed, integer", [(4, 4, False, 1), (2, 2, False, 1), (1, 2, False, 1),
-                                                             (8, 8, False, 0), (4, 4, True, 0), (4, 4, None, 0)])
+                                                             (8, 8, False, 0), (4, 4, True, 1), (4, 4, None, 0)])
 def test_a_layer_runs_on_integers_where_the_export_gets_them(tmp_path, w_bits, a_bits, signed, integer):
     conv = SearchableConv2d(8, 16, 3, stride=2, padding=1, input_signed=bool(signed))
     model = qcdq_layer(conv, 8, 16, w_bits, None if signed is None else a_bits, (2, 8, 10, 10))
     path, graph = _optimised(model, tmp_path)
-    # 8-bit weights on 8-bit inputs stay float, as in the export; onnxruntime keeps a conv on int8
-    # (signed) inputs float here, as in the MobileNetV2 export; None: a float input
+    # 8-bit weights on 8-bit inputs stay float, as in the export; a signed input runs on integers,
+    # written as uint8 with its zero point shifted by 128 as in the export; None: a float input
     assert count_convs(graph) == (integer, 1)
     assert session(path, optimized=True)(torch.randn(2, 8, 10, 10)).shape == (2, 16, 5, 5)
 
