@@ -7,7 +7,7 @@ statistics accumulated during training mix every path and would hurt each one of
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed
@@ -153,11 +153,16 @@ class CandidateEvaluator:
         self.dist = dist or Dist()
         self.cache: dict[str, float] = {} if cache is None else cache
         self.computed = 0  # candidates this process evaluated (cache misses it was dealt)
+        self.on_evaluated: Callable[[], object] | None = None  # after each of them (a progress display)
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
         """Top-1 of each arch (cached ones are not evaluated again)."""
         todo = list({a.digest(): a for a in archs if a.digest() not in self.cache}.items())
-        mine = [(d, self.evaluate(a)) for d, a in todo[self.dist.rank :: self.dist.world]]
+        mine = []
+        for d, a in todo[self.dist.rank :: self.dist.world]:
+            mine.append((d, self.evaluate(a)))
+            if self.on_evaluated is not None:
+                self.on_evaluated()
         self.computed += len(mine)
         if self.dist.enabled:
             parts: list = [None] * self.dist.world

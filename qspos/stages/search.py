@@ -43,7 +43,7 @@ from qspos.runtime.rundir import RunDir, fingerprint, holds_run_dir
 from qspos.runtime.task import NO_TASK, Task
 from qspos.stages.budgets import search_budgets
 from qspos.stages.search_state import BudgetState, Filled, SearchState
-from qspos.stages.sensitivity import measure_and_allocate, write_sensitivity
+from qspos.stages.sensitivity import measure_and_allocate, probe_progress, write_sensitivity
 
 
 def state_fingerprint(cfg: Config) -> str:
@@ -187,8 +187,9 @@ class _Search:
         """The sensitivity table and each budget's allocation (its probes go through the shared,
         saved cache, so a resumed search does not measure them again); written beside the
         search's results."""
-        result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets,
-                                      self.scfg.sensitivity_probes)
+        probes = self.scfg.sensitivity_probes
+        with probe_progress(self.evaluator, self.space, probes, self.budgets, self.main, self.cfg.log.interval_s):
+            result = measure_and_allocate(self.space, self.evaluate, self.metrics, self.budgets, probes)
         for name, arch in result.allocations.items():
             self.state.budget(name).sensitivity = [arch.digest()]
         self._save()

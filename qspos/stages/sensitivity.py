@@ -10,7 +10,8 @@ with ``search.sensitivity_seed`` (the allocation joins the evolution's first gen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,16 @@ from qspos.core.arch import Arch, Choice
 from qspos.core.budget import Budget
 from qspos.core.metrics import ArchMetrics
 from qspos.core.sensitivity import Probes, Score, Sensitivity, allocations, measure
+from qspos.core.sensitivity import probes as probe_archs
 from qspos.core.space import Space, choice_order
 from qspos.results.search_results import choice_text
 from qspos.runtime.build import load_supernet
 from qspos.runtime.config import Config
 from qspos.runtime.data import load_splits
 from qspos.runtime.distributed import pick_device
-from qspos.runtime.evaluate import search_evaluator
+from qspos.runtime.evaluate import CandidateEvaluator, search_evaluator
 from qspos.runtime.files import atomic_path, write_json, write_text
-from qspos.runtime.progress import ScoreFormat, console, stdout, table
+from qspos.runtime.progress import ScoreFormat, console, progress_bar, stdout, table
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.stages.budgets import search_budgets
 
@@ -56,6 +58,21 @@ def measure_and_allocate(space: Space, score: Score, metrics: ArchMetrics, budge
     measured = score([allocs[n] for n in names])
     return SensitivityResult(sens, allocs, dict(zip(names, measured)),
                              {n: metrics(a)["bitops"] for n, a in allocs.items()})
+
+
+@contextlib.contextmanager
+def probe_progress(evaluator: CandidateEvaluator, space: Space, probes: Probes, budgets: Sequence[Budget],
+                   enabled: bool, interval_s: float) -> Iterator[None]:
+    """A progress display while ``evaluator`` scores the table's probes and the allocations (the
+    table is minutes of work with no other output)."""
+    todo = sum(a.digest() not in evaluator.cache for a in probe_archs(space, probes)) + len(budgets)
+    with progress_bar(enabled=enabled, interval_s=interval_s) as bar:
+        task = bar.add_task("sensitivity", total=todo, info=f"{probes} probes")
+        evaluator.on_evaluated = lambda: bar.update(task, advance=1)
+        try:
+            yield
+        finally:
+            evaluator.on_evaluated = None
 
 
 def sensitivity_markdown(result: SensitivityResult, space: Space, score: ScoreFormat) -> str:
@@ -128,7 +145,9 @@ def sensitivity(cfg: Config, run_dir: str | Path | RunDir | None = None) -> Sens
     supernet = load_supernet(cfg, run.supernet, device=device)
     metrics, budgets = search_budgets(cfg, supernet)
     evaluator = search_evaluator(cfg, supernet, load_splits(cfg.data, cfg.model), device)
-    result = measure_and_allocate(supernet.space, evaluator, metrics, budgets, cfg.search.sensitivity_probes)
+    probes = cfg.search.sensitivity_probes
+    with probe_progress(evaluator, supernet.space, probes, budgets, True, cfg.log.interval_s):
+        result = measure_and_allocate(supernet.space, evaluator, metrics, budgets, probes)
     fmt = ScoreFormat(cfg.score)
     run.record_config(cfg)
     write_sensitivity(run, result, supernet.space, fmt)

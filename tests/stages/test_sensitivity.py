@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_the_sensitivity_command_writes_its_table_and_allocations(tmp_path, pert
     assert "drop, one choice point lowered" in capsys.readouterr().out
 
 
-def test_factored_probes_measure_one_factor_at_a_time(tmp_path, perturb):
+def test_factored_probes_measure_one_factor_at_a_time(tmp_path, perturb, capsys):
     cfg, run_dir = make_run(tmp_path, perturb, ["search.sensitivity_probes=factored"], budgets=BUDGETS)
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_yaml())
@@ -39,6 +40,8 @@ def test_factored_probes_measure_one_factor_at_a_time(tmp_path, perturb):
     assert data["probes"] == "factored" and set(data["allocations"]) == {"w2a2", "w4a4"}
     assert all(len(drops) == 4 for drops in data["drops"].values())  # the top choice and 3 factors lowered
     assert "factored probes" in (run_dir / "search" / "sensitivity.md").read_text()
+    # progress while it measures: 1 + 3 x 3 probes and 2 allocations (fewer where one is a probe)
+    assert re.search(r"sensitivity: 1[12]/12 .*factored probes", capsys.readouterr().err)
     metrics, budgets = search_budgets(cfg, build_supernet(cfg))
     run = RunDir(run_dir)
     assert sensitivity_current(run, metrics, budgets, "factored") and not sensitivity_current(run, metrics, budgets)
