@@ -66,7 +66,7 @@ def _staircase(res: dict[str, Any]) -> list[str]:
     if not st or not st["nets"]:
         return []
     steps = ", ".join(f"{_pair(s['bits'])} {millions(s['bitops'], 1)} M: {points(s['test_top1'])} %"
-                      for s in st["steps"])
+                      for s in st["steps"]) or "no uniform net measured yet"
     lines = ["", "## Against the uniform staircase", "",
              f"The staircase: the best mean test top-1 of a uniform net at or below each BitOps count ({steps}). "
              "Accuracy gained at equal BitOps: a net's mean test top-1 minus the staircase's at its mean BitOps. "

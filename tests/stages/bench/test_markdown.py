@@ -41,3 +41,11 @@ def test_targets_read_in_points_hours_or_as_a_correlation():
     assert "| float test top-1 | >= 93.5 % | 94.00 | met (1 seed(s)) | +0.50 |" in md
     assert "| 1.00 h | not yet measurable (so far; partial) | +3.00 h |" in md
     assert "| Kendall tau | >= 0.5 | - | not yet measurable (0 archs) | - |" in md
+
+
+def test_the_staircase_section_says_when_no_uniform_net_is_measured_yet():
+    net = {"kind": "searched", "budget": "mid", "bitops": 99e6, "test_top1": 0.9, "accuracy_gained": None,
+           "bitops_saved": None}
+    md = markdown({**_results([]), "staircase": {"steps": [], "nets": [net]}}, PROVENANCE)
+    assert "at or below each BitOps count (no uniform net measured yet)." in md and "()" not in md
+    assert "| searched @ mid | 99.0 | 90.00 | - | - |" in md
