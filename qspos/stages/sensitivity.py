@@ -77,7 +77,8 @@ def probe_progress(evaluator: CandidateEvaluator, space: Space, probes: Probes, 
 
 def sensitivity_markdown(result: SensitivityResult, space: Space, score: ScoreFormat) -> str:
     """Per choice point, the score lost by each choice alone (every other point at the top)."""
-    s, columns = result.sensitivity, _columns(space)
+    s = result.sensitivity
+    columns = _columns(s, space)
     lines = [f"Top arch (every choice point at its top choice): val {score.name} {score.text(s.top_score)}.", "",
              f"Drop of val {score.name}{score.unit} when one choice point alone takes a choice"
              + (" (factored probes: one factor lowered at a time; a choice's drop is predicted as the sum of its "
@@ -100,7 +101,7 @@ def sensitivity_plot(path: Path, result: SensitivityResult, space: Space, score:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = _columns(space)
+    columns = _columns(result.sensitivity, space)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(columns) + 2), 4))
     for p in space.points:
         drops = result.sensitivity.drops[p.name]
@@ -116,9 +117,10 @@ def sensitivity_plot(path: Path, result: SensitivityResult, space: Space, score:
     plt.close(fig)
 
 
-def _columns(space: Space) -> list[Choice]:
-    """Every choice of any point, cheapest first: the table's and the plot's columns."""
-    return sorted({c for p in space.points for c in p.domain}, key=choice_order)
+def _columns(s: Sensitivity, space: Space) -> list[Choice]:
+    """Every choice some point measured, cheapest first: the table's and the plot's columns (with
+    factored probes, the choices one factor below the top)."""
+    return sorted({c for p in space.points for c in p.domain if c in s.drops[p.name]}, key=choice_order)
 
 
 def write_sensitivity(run: RunDir, result: SensitivityResult, space: Space, score: ScoreFormat) -> None:
@@ -151,7 +153,7 @@ def sensitivity(cfg: Config, run_dir: str | Path | RunDir | None = None) -> Sens
     fmt = ScoreFormat(cfg.score)
     run.record_config(cfg)
     write_sensitivity(run, result, supernet.space, fmt)
-    columns = _columns(supernet.space)
+    columns = _columns(result.sensitivity, supernet.space)
     rows = [[p.name] + [_cell(result.sensitivity, p.name, c, fmt) for c in columns] for p in supernet.space.points]
     stdout.print(table(f"val {fmt.name} drop, one choice point lowered",
                         ["choice point"] + [_text(c) for c in columns], rows))

@@ -39,7 +39,9 @@ def test_factored_probes_measure_one_factor_at_a_time(tmp_path, perturb, capsys)
     data = json.loads((run_dir / "search" / "sensitivity.json").read_text())
     assert data["probes"] == "factored" and set(data["allocations"]) == {"w2a2", "w4a4"}
     assert all(len(drops) == 4 for drops in data["drops"].values())  # the top choice and 3 factors lowered
-    assert "factored probes" in (run_dir / "search" / "sensitivity.md").read_text()
+    md = (run_dir / "search" / "sensitivity.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| choice point |"))
+    assert "factored probes" in md and header.count("|") == 2 + 4  # only the measured choices: top and 3 lowered
     # progress while it measures: 1 + 3 x 3 probes and 2 allocations (fewer where one is a probe)
     assert re.search(r"sensitivity: 1[12]/12 .*factored probes", capsys.readouterr().err)
     metrics, budgets = search_budgets(cfg, build_supernet(cfg))
