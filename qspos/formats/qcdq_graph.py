@@ -37,10 +37,10 @@ def int16_pairs_fit(largest_input: int, largest_weight: int) -> bool:
 def float_convs_where_pairs_overflow(model: Any) -> list[str]:
     """Keep float each conv whose integer products may overflow int16 pairs (:func:`int16_pairs_fit`),
     in place; the names of those convs."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts = _constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
     changed = []
     for conv in [n for n in graph.node if n.op_type == "Conv"]:
@@ -75,11 +75,7 @@ def clips_into_integer_clips(model: Any) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    consts, consumers = _constants(graph), _consumers(graph)
     moved = 0
     for clip in [n for n in graph.node if n.op_type == "Clip" and len(n.input) == 3]:
         low, high = consts.get(clip.input[1]), consts.get(clip.input[2])
@@ -112,11 +108,7 @@ def signed_steps_as_unsigned(model: Any) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    consts, consumers = _constants(graph), _consumers(graph)
     outputs = {o.name for o in graph.output}
     changed = 0
     for q in [n for n in graph.node if n.op_type == QUANT and len(n.input) > 2]:
@@ -141,6 +133,21 @@ def signed_steps_as_unsigned(model: Any) -> int:
         changed += 1
     _prune(graph)
     return changed
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    """The nodes reading each tensor."""
+    out: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            out.setdefault(i, []).append(node)
+    return out
 
 
 def _int8_const(name: str, consts: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -182,7 +189,7 @@ def float_graph(model: Any) -> Any:
     from onnx import numpy_helper
 
     graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts = _constants(graph)
     producer = {o: n for n in graph.node for o in n.output}
     renames = {}
     for dq in [n for n in graph.node if n.op_type == DEQUANT]:
