@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from qspos.core.arch import Arch
 from qspos.core.budget import Budget
 from qspos.core.stats import kendall_tau, mean, mean_std, spearman_rho, top_k_overlap
 from qspos.stages.bench.comparison import bitops_bound
@@ -54,6 +55,21 @@ def diagnosis(nets: Sequence[NetRecord], budgets: Sequence[Budget]) -> list[dict
                         "finetune_val_gain": mean(gain), "budget_use": mean(use),
                         "budget_use_range": [min(use), max(use)] if use else None})
     return out
+
+
+def repeats(nets: Sequence[NetRecord]) -> list[dict[str, Any]]:
+    """Every arch fine-tuned more than once in one seed (the ranking sample may hold a searched or
+    random pick): same supernet, seed and recipe, so their test top-1 differ only by what differed
+    between the runs (thread counts change PyTorch's float sums), a measure of fine-tuning's own
+    noise beside the binomial SE."""
+    groups: dict[tuple, list[NetRecord]] = {}
+    for n in nets:
+        if n.arch is not None:
+            groups.setdefault((n.seed, Arch.from_dict(n.arch).digest()), []).append(n)
+    return [{"seed": seed, "digest": digest, "nets": [n.name for n in group],
+             "test_top1": [n.test_top1 for n in group],
+             "spread": max(n.test_top1 for n in group) - min(n.test_top1 for n in group)}
+            for (seed, digest), group in sorted(groups.items()) if len(group) > 1]
 
 
 def _finite(v: float) -> float | None:

@@ -118,6 +118,17 @@ def _ranking(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _repeats(res: dict[str, Any]) -> list[str]:
+    if not res.get("repeats"):
+        return []
+    lines = ["", "The same arch fine-tuned twice in one seed (same supernet, seed and recipe; the runs differ only "
+             "in what changes float sums, such as thread counts), test top-1 (%):", ""]
+    for r in res["repeats"]:
+        values = " and ".join(f"{n} {points(v)}" for n, v in zip(r["nets"], r["test_top1"]))
+        lines.append(f"- s{r['seed']} `{r['digest']}`: {values}: spread {points(r['spread'])} points")
+    return lines
+
+
 def _searches(res: dict[str, Any]) -> list[str]:
     if not res.get("searches"):
         return []
@@ -150,7 +161,7 @@ def markdown(res: dict[str, Any], provenance: dict[str, Any]) -> str:
     ranking, and provenance."""
     head = "# Accuracy against BitOps" + (" (PARTIAL: not every net is trained yet)" if res["partial"] else "")
     lines = [head, "", *_accuracy(res), *_comparisons(res), *_staircase(res), *_targets(res), *_ranking(res),
-             *_searches(res), *_diagnosis(res)]
+             *_repeats(res), *_searches(res), *_diagnosis(res)]
     if res["missing"]:
         lines += ["", f"Not trained yet ({len(res['missing'])}): " + ", ".join(f"`{m}`" for m in res["missing"])]
     lines += ["", "## Provenance", "", f"- command: `{provenance['command']}`", f"- commit: `{provenance['commit']}`",

@@ -13,7 +13,7 @@ from qspos.core.budget import Budget
 from qspos.runtime.config import Config
 from qspos.runtime.files import write_json, write_text
 from qspos.runtime.progress import console
-from qspos.stages.bench.analysis import diagnosis, expected, ranking, summarise
+from qspos.stages.bench.analysis import diagnosis, expected, ranking, repeats, summarise
 from qspos.stages.bench.comparison import bitops_bound, compare
 from qspos.stages.bench.ledger import read_ledger
 from qspos.stages.bench.markdown import markdown
@@ -44,7 +44,7 @@ def collect(cfg: Config, work: str | Path, plan: Plan, budgets: Sequence[Budget]
                      "bitops_max": bitops_bound(b)} for b in budgets],
         "nets": [{"net": label, **n.to_dict()} for n in nets], "summary": summary, "ranking": rank,
         "comparisons": comparisons, "staircase": against_staircase(summary), "searches": search_counts(work),
-        "diagnosis": diagnosis(nets, budgets),
+        "diagnosis": diagnosis(nets, budgets), "repeats": repeats(nets),
         "targets": [] if targets is None else judge(nets, rank, budgets, comparisons, wall, not missing, plan, targets),
         "wall_seconds": wall, "invocations": ledger,
     }

@@ -49,3 +49,11 @@ def test_the_staircase_section_says_when_no_uniform_net_is_measured_yet():
     md = markdown({**_results([]), "staircase": {"steps": [], "nets": [net]}}, PROVENANCE)
     assert "at or below each BitOps count (no uniform net measured yet)." in md and "()" not in md
     assert "| searched @ mid | 99.0 | 90.00 | - | - |" in md
+
+
+def test_an_arch_fine_tuned_twice_in_a_seed_is_reported_with_its_spread():
+    repeat = {"seed": 0, "digest": "5110ff4ebb26", "nets": ["searched-w2a2", "rank-5110ff4ebb26"],
+              "test_top1": [0.8976, 0.9022], "spread": 0.0046}
+    md = markdown({**_results([]), "repeats": [repeat]}, PROVENANCE)
+    assert "- s0 `5110ff4ebb26`: searched-w2a2 89.76 and rank-5110ff4ebb26 90.22: spread 0.46 points" in md
+    assert "fine-tuned twice" not in markdown(_results([]), PROVENANCE)
