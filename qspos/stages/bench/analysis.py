@@ -88,7 +88,18 @@ def ranking(nets: Sequence[NetRecord]) -> dict[str, Any]:
         x, y = [n.search_val_top1 for n in sample], [n.test_top1 for n in sample]
         out.update(kendall_tau=_finite(kendall_tau(x, y)), spearman_rho=_finite(spearman_rho(x, y)),
                    top_k_overlap={str(k): top_k_overlap(x, y, k) for k in TOP_K if k < len(sample)})
+    out["overall"] = [_overall(seed, [n for n in nets if n.seed == seed]) for seed in sorted({n.seed for n in nets})]
     return out
+
+
+def _overall(seed: int, nets: Sequence[NetRecord]) -> dict[str, Any]:
+    """How the supernet ranks every net of one seed that it scored (uniform, searched, random,
+    sensitivity and ranking nets, over the whole BitOps range): one supernet per seed."""
+    scored = [n for n in nets if n.search_val_top1 is not None]
+    x, y = [n.search_val_top1 for n in scored], [n.test_top1 for n in scored]
+    ok = len(scored) >= 2
+    return {"seed": seed, "n": len(scored), "kendall_tau": _finite(kendall_tau(x, y)) if ok else None,
+            "spearman_rho": _finite(spearman_rho(x, y)) if ok else None}
 
 
 def expected(plan: Plan, budgets: Sequence[Budget]) -> list[str]:

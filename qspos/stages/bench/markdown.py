@@ -115,6 +115,11 @@ def _ranking(res: dict[str, Any]) -> list[str]:
                  else "spread over BitOps")
         lines.append(f"{r['n']} archs {where}: Kendall τ = {r['kendall_tau']:.3f}, Spearman ρ = "
                      f"{r['spearman_rho']:.3f}; top-k overlap {overlap or MISSING}.")
+    overall = [o for o in r.get("overall", []) if o["kendall_tau"] is not None]
+    if overall:
+        lines += ["", "Every net a seed's supernet scored (the whole BitOps range): " + ", ".join(
+            f"s{o['seed']}: τ = {o['kendall_tau']:.3f}, ρ = {o['spearman_rho']:.3f} ({o['n']} nets)" for o in overall)
+            + "."]
     return lines
 
 

@@ -57,3 +57,11 @@ def test_an_arch_fine_tuned_twice_in_a_seed_is_reported_with_its_spread():
     md = markdown({**_results([]), "repeats": [repeat]}, PROVENANCE)
     assert "- s0 `5110ff4ebb26`: searched-w2a2 89.76 and rank-5110ff4ebb26 90.22: spread 0.46 points" in md
     assert "fine-tuned twice" not in markdown(_results([]), PROVENANCE)
+
+
+def test_each_seeds_overall_ranking_is_one_line():
+    overall = [{"seed": 0, "n": 27, "kendall_tau": 0.62, "spearman_rho": 0.783},
+               {"seed": 1, "n": 1, "kendall_tau": None, "spearman_rho": None}]
+    ranking = {"n": 0, "kendall_tau": None, "overall": overall}
+    md = markdown({**_results([]), "ranking": ranking}, PROVENANCE)
+    assert "whole BitOps range): s0: τ = 0.620, ρ = 0.783 (27 nets)." in md
