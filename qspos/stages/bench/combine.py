@@ -119,7 +119,7 @@ def combined_markdown(res: dict[str, Any], provenance: dict[str, Any]) -> str:
     head = "# Accuracy against BitOps, second edition" + (" (PARTIAL)" if res["partial"] else "")
     lines = [head, "", "Test top-1 in %, mean ± std over seeds (seeds); differences in points, paired by seed. "
              "The best uniform net that fits: of the uniform nets within the budget's BitOps, the one with the "
-             "highest mean test top-1.", ""]
+             "highest mean val top-1 (chosen on the val split, compared on the test split).", ""]
     for p in res["per_net"]:
         lines += _net_table(p)
     if res["not_started"]:

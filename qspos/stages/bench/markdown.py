@@ -50,7 +50,8 @@ def _comparisons(res: dict[str, Any]) -> list[str]:
     lines = ["", "## Per budget: searched against the alternatives", "",
              "Test top-1 differences in points, paired by seed: mean ± std of the per-seed differences (seeds). "
              "The best uniform net that fits: of the uniform pairs within the budget's BitOps, the one with the "
-             "highest mean test top-1. Budget use: BitOps over the bound, mean (range over seeds).", "",
+             "highest mean val top-1 (chosen on the val split, compared on the test split). Budget use: BitOps "
+             "over the bound, mean (range over seeds).", "",
              "| budget | bound (M BitOps) | best uniform that fits | searched − best uniform | "
              "searched − sensitivity | budget use, searched | budget use, sensitivity |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]

@@ -1,6 +1,7 @@
 """Each budget against the best uniform net that fits it and the sensitivity allocation, on a
 handmade set of finished nets whose numbers are worked out by hand."""
 
+import dataclasses
 import math
 
 import pytest
@@ -42,6 +43,13 @@ def test_the_best_uniform_net_that_fits_has_the_best_mean_under_the_bound():
     assert best_fitting_uniform(NETS, 30 * M) is None
     tie = [*_uniform((2, 4), 20 * M, [0.5]), *_uniform((2, 2), 10 * M, [0.5])]
     assert best_fitting_uniform(tie, 100 * M) == (2, 2)  # equal accuracy: the cheaper one
+
+
+def test_the_best_uniform_net_is_chosen_on_val_and_compared_on_test():
+    lucky = [dataclasses.replace(n, val_top1=0.80) for n in _uniform((4, 2), 80 * M, [0.90])]  # best test, worse val
+    steady = [dataclasses.replace(n, val_top1=0.85) for n in _uniform((2, 4), 80 * M, [0.86])]
+    assert best_fitting_uniform(lucky + steady, 100 * M) == (2, 4)
+    assert best_fitting_uniform([*lucky, *_uniform((2, 4), 80 * M, [0.86])], 100 * M) == (4, 2)  # no val: on test
 
 
 def test_each_budget_against_its_alternatives_paired_by_seed():
