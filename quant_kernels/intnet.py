@@ -34,6 +34,7 @@ class IntegerWeights:
     input_bits: int
     input_signed: bool
     input_narrow: bool = False
+    bias_int32: bool = False  # the bias is added to the accumulators as int32 codes at their scale
 
     def input_range(self) -> tuple[int, int]:
         """Smallest and largest input code (Brevitas' ranges)."""
@@ -76,7 +77,16 @@ class IntegerLayer(nn.Module):
         brevitas = self.accumulate(self.layer.input_quant(x).int(), self.layer.quant_weight().int())
         self.max_acc_error = max(self.max_acc_error, int((acc - brevitas).abs().max()))
         self.exact = self.exact and self.max_acc_error == 0
+        if self.weights.bias_int32:
+            return dequantize(acc + self.bias_codes(x_scale), x_scale, self.weights.scale, dtype=x.dtype)
         return dequantize(acc, x_scale, self.weights.scale, self.layer.bias, dtype=x.dtype)
+
+    def bias_codes(self, x_scale: Tensor) -> Tensor:
+        """The bias as int32 codes at the accumulators' scale (Brevitas' ``Int32Bias``: the float32
+        product of the input and weight scales), shaped to add to them."""
+        scale = (x_scale * self.weights.scale.reshape(-1)).float()
+        codes = torch.round(self.layer.bias.detach().float() / scale).to(torch.int64)
+        return codes.view((1, -1) + (1,) * (2 if isinstance(self.layer, QuantConv2d) else 0))
 
 
 def integer_reference(model: nn.Module, weights: Mapping[str, IntegerWeights]) -> nn.Module:

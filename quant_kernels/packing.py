@@ -15,7 +15,8 @@ needs nothing of qspos. ``weights.json`` is::
     {"format": "qspos-packed-2", "byte_order": "little", "bit_order": "lsb-first",
      "layers": [{"name", "shape", "bits", "encoding": "int" | "binary", "signed", "narrow_range",
                  "offset", "nbytes", "scale", "zero_point", "scale_axis",
-                 "input_bits", "input_scale", "input_zero_point", "input_signed", "input_narrow"}]}
+                 "input_bits", "input_scale", "input_zero_point", "input_signed", "input_narrow",
+                 "bias_int32"}]}
 
 Layer ``name``'s codes are bytes ``[offset, offset + nbytes)`` of ``weights.bin``, packed as above
 (``bits`` per value, ``signed``: two's complement); ``encoding`` ``"binary"`` stores one bit per
@@ -24,6 +25,9 @@ b-bit code lies in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``). A weight is ``(code - zer
 with one scale (and zero point) per index of axis ``scale_axis`` (the output channel). An input
 is quantized per tensor: ``clamp(round(x / input_scale) + input_zero_point)`` to the range of
 ``input_bits`` / ``input_signed`` / ``input_narrow`` (all null: the layer's input stays float).
+``bias_int32`` true: the layer's bias (stored beside the codes, e.g. qspos's ``float.npz``) is
+added to the accumulators as ``round(bias / (input_scale * scale))``, an int32 per output channel
+(a net trained in its deployment form); false or absent: the bias is added in float after scaling.
 A ``qspos-packed-1`` header (before the sign, narrow-range and zero-point fields) reads the same.
 """
 

@@ -3,9 +3,9 @@
 ``registry.FORMATS`` maps a format's name to its writer (net -> file in a directory) and its
 checker (file -> a :class:`check.Check` against the PyTorch net); ``check`` holds what every
 checker shares (the images, the logit comparison, the noise floor); ``metadata`` what every file
-says about itself; ``fold`` the deployment net QCDQ holds (BatchNorm folded, int32 biases, conv
-outputs quantized), ``qcdq_graph`` its graph-level steps and ``ort_run`` onnxruntime sessions,
-optimised graphs and latency. This layer sits between
-``runtime`` and ``stages``: it may import core, models and runtime, and the export stage loops over
-its registry. (Not named ``export``: ``qspos.export`` is the API's export function.)
+says about itself; ``qcdq_graph`` the graph-level steps of QCDQ files, which hold the deployment
+net (:mod:`qspos.core.fold`); ``ort_run`` onnxruntime sessions, optimised graphs and latency. This
+layer sits between ``runtime`` and ``stages``: it may import core, models and runtime, and the
+export stage loops over its registry. (Not named ``export``: ``qspos.export`` is the API's export
+function.)
 """

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from qspos.core.fold import int16_pairs_fit
 from qspos.core.layers import SearchableConv2d, SearchableLayer
 from qspos.formats.ort_run import latency_ms
 from qspos.formats.qcdq_graph import (
     DEQUANT,
     QUANT,
     float_convs_where_pairs_overflow,
-    int16_pairs_fit,
     signed_steps_as_unsigned,
 )
 

@@ -110,6 +110,7 @@ def _packed_layer(name: str, layer: nn.Module, offset: int) -> tuple[dict[str, A
         "input_zero_point": 0 if quantized else None,
         "input_signed": bool(act.is_signed) if quantized else None,
         "input_narrow": bool(act.is_narrow_range) if quantized else None,
+        "bias_int32": layer.bias is not None and layer.bias_quant.is_quant_enabled,
     }
     return entry, data
 
@@ -118,7 +119,7 @@ def integer_weights(export_dir: str | Path) -> dict[str, IntegerWeights]:
     """The packed layers whose input is quantized, as an integer model runs them."""
     return {name: IntegerWeights(layer.codes, torch.tensor(layer.entry["scale"], dtype=torch.float32),
                                  layer.entry["input_scale"], layer.entry["input_bits"], layer.entry["input_signed"],
-                                 layer.entry["input_narrow"])
+                                 layer.entry["input_narrow"], bool(layer.entry.get("bias_int32")))
             for name, layer in read_packed(export_dir).items() if layer.entry["input_bits"] is not None}
 
 

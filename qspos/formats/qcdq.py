@@ -1,7 +1,7 @@
 """``onnx-qcdq``: standard ONNX (QuantizeLinear/Clip/DequantizeLinear around float ops) for int8
 engines such as onnxruntime and TensorRT, and ``model_float.onnx``, the same net in float.
 
-The file holds the fine-tuned net's deployment form (:mod:`qspos.formats.fold`): BatchNorm folded
+The file holds the fine-tuned net's deployment form (:mod:`qspos.core.fold`): BatchNorm folded
 into the weights, int32 biases at the accumulator's scale, and a quantize step after every conv,
 so that onnxruntime's optimised graph runs the convs as integer kernels (QLinearConv); a conv whose
 integer products may overflow the int16 pairs of x86 kernels without VNNI (8-bit weights on 8-bit
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qspos.core.fold import deployment_net
 from qspos.formats.check import (
     TOP1_Z,
     Check,
@@ -43,7 +44,6 @@ from qspos.formats.check import (
     top1_consistent,
     top1_hits,
 )
-from qspos.formats.fold import deployment_net
 from qspos.formats.format import Skipped, onnx_export_kwargs
 from qspos.formats.metadata import set_onnx_metadata
 from qspos.formats.ort_run import latency_ms, optimized_graph, session

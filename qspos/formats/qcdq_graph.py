@@ -23,15 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from qspos.core.fold import int16_pairs_fit
+
 QUANT, DEQUANT = "QuantizeLinear", "DequantizeLinear"
 INTEGER_CONVS = ("QLinearConv", "ConvInteger", "NhwcQLinearConv")  # what an integer conv becomes
-INT16_MAX = 2 ** 15 - 1
-
-
-def int16_pairs_fit(largest_input: int, largest_weight: int) -> bool:
-    """Does a sum of two products of input and weight codes fit in int16? ``largest_input``: the
-    largest input code as the kernel sees it, uint8 (a signed input shifted by 128: 255)."""
-    return 2 * largest_input * largest_weight <= INT16_MAX
 
 
 def float_convs_where_pairs_overflow(model: Any) -> list[str]:

@@ -17,6 +17,7 @@ from qspos.core.arch import Arch
 from qspos.core.backbone import SpaceDeclaration
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.cost import Cost, CostModel
+from qspos.core.fold import deployment_net
 from qspos.errors import QsposError
 from qspos.models import Converted, LayerEntry, build_model, convert
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state, load_state_dict_file
@@ -152,12 +153,15 @@ def load_finetuned(cfg: Config, path: str | Path, given: nn.Module | None = None
 
 def finetuned_from_state(cfg: Config, state: dict, path: Path,
                          given: nn.Module | None = None) -> tuple[nn.Module, Arch]:
-    """The net of a loaded ``model.pt`` (``path`` names it in errors), in eval mode."""
+    """The net of a loaded ``model.pt`` (``path`` names it in errors), in eval mode: a net trained
+    in its deployment form (``finetune.fold_bn: start``) is rebuilt in that form."""
     if state.get("fingerprint") != fingerprint(cfg, *SUPERNET_SECTIONS):
         raise QsposError(f"{path} holds a net of another model/space config than this one")
     supernet = build_supernet(cfg, given=given)
     arch = supernet.space.validate(Arch.from_dict(state["arch"]))
     model = supernet.extract(arch)
+    if "deployment_outputs" in state:
+        model = deployment_net(model, None, list(state["deployment_outputs"]))
     load_model_state(model, state["model"], path)
     return model.eval(), arch
 

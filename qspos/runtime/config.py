@@ -138,6 +138,11 @@ class FinetuneConfig(OptimConfig):
     float_checkpoint: str | None = None  # init: float: state_dict of the float backbone (same names)
     pick: int | None = None  # fine-tune each budget's N-th best arch (0-based) instead of its best
     baselines: bool = False  # also fine-tune each budget's uniform arch, for the report's comparison
+    # where BatchNorm is folded into the convs (qspos.core.fold): after fine-tuning, by the export
+    # (exact on the weight codes; the int32 biases and 8-bit conv outputs round), or at its start,
+    # so that the net trained and measured is the one deployed (BN statistics frozen at their
+    # recalibrated values, as PyTorch's ConvBn QAT modules do once they freeze them)
+    fold_bn: Literal["after", "start"] = "after"
 
 
 @dataclass

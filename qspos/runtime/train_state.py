@@ -19,6 +19,7 @@ from torch import nn
 from qspos.errors import QsposError
 from qspos.runtime.checkpoint import load_checkpoint, load_model_state
 from qspos.runtime.config import LOOP_SETTINGS, OptimConfig
+from qspos.runtime.rundir import IMPLIED
 
 MODEL = "model"
 OPTIMIZER = "optimizer"
@@ -76,9 +77,12 @@ class TrainState:
 def training_recipe(optim: OptimConfig, batch_size: int, seed: int, dataset_size: int,
                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything a training trajectory depends on: a resume must match it exactly. The loop
-    settings (``LoopSettings``: logging, checkpointing, device) are not part of it."""
+    settings (``LoopSettings``: logging, checkpointing, device) are not part of it, nor a setting
+    added later at the value that behaved as before (``rundir.IMPLIED``)."""
+    implied = {key: value for (_, key), value in IMPLIED.items()}
     return {
-        **{f.name: getattr(optim, f.name) for f in fields(optim) if f.name not in LOOP_SETTINGS},
+        **{f.name: getattr(optim, f.name) for f in fields(optim)
+           if f.name not in LOOP_SETTINGS and not (f.name in implied and getattr(optim, f.name) == implied[f.name])},
         "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size, **(extra or {}),
     }
 

@@ -3,7 +3,9 @@
 A chosen arch becomes a plain Brevitas network (``Supernet.extract``: fixed bits and channels,
 no supernet machinery left). It starts from the supernet's weights and learned thresholds (what
 the one-shot search scored), from scratch, or from a float model of the same backbone; BatchNorm
-is recalibrated on training images; then quantization-aware training runs in the shared loop
+is recalibrated on training images (and, with ``finetune.fold_bn: start``, folded into the convs:
+the deployment net of :mod:`qspos.core.fold` is what trains); then quantization-aware training runs
+in the shared loop
 (``trainer.fit``: progress, checkpoint, resume, torchrun) and the net is measured on the held-out
 val split and on the test split, which only this stage and ``qspos eval`` ever see.
 """
@@ -22,6 +24,7 @@ from torch import nn
 from qspos.core.arch import Arch
 from qspos.core.calibrate import init_act_thresholds
 from qspos.core.cost import CostModel
+from qspos.core.fold import deployment_net, output_quantized_convs
 from qspos.core.space import Space
 from qspos.errors import QsposError
 from qspos.results.search_results import SearchResult
@@ -216,6 +219,8 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
     d, f = cfg.data, cfg.finetune
     calib = calibration_loader(splits.calib, cfg.search.calib_images, d.eval_batch_size, d.split_seed)
     model = init_model(cfg, target.arch, run, calib, device, task.model)
+    if f.fold_bn == "start":  # output quantizers calibrated on the BN recalibration images
+        model = deployment_net(model, torch.cat([x for x, _ in calib]).to(device))
     val_before = split_accuracy(model, splits.val, d.eval_batch_size, d.workers, device, task.score)[0]
     if dist.main:
         console.print(f"finetune {target.name}: arch {target.arch.digest()}, init {f.init}, "
@@ -240,7 +245,7 @@ def _finetune_one(cfg: Config, target: Target, run: RunDir, splits: DataSplits, 
             steps=res.steps, train_seconds=round(res.seconds, 1), val_images=len(splits.val),
             test_images=len(splits.test), **cost,
         )
-        save_finetuned(net, model, target, supernet_fp)
+        save_finetuned(net, model, target, supernet_fp, f.fold_bn == "start")
         write_json(net.layers, layer_table(costs, target.arch))
         write_json(net.result, result.to_dict())
     dist.barrier()
@@ -260,10 +265,12 @@ def _identity(cfg: Config, target: Target, dataset_size: int, teacher: Teacher |
     return fp, training_recipe(cfg.finetune, cfg.data.batch_size, cfg.seed, dataset_size, _recipe(cfg, teacher))
 
 
-def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: str) -> None:
-    """``model.pt`` (state dict, arch, fingerprint: never a pickled module) and ``arch.yaml``."""
+def save_finetuned(net: NetDir, model: nn.Module, target: Target, supernet_fp: str, folded: bool) -> None:
+    """``model.pt`` (state dict, arch, fingerprint: never a pickled module; a net trained folded
+    also names its output-quantized convs, which its rebuild needs) and ``arch.yaml``."""
+    extra = {"deployment_outputs": output_quantized_convs(model)} if folded else {}
     atomic_save({"model": model.state_dict(), "arch": target.arch.to_dict(), "fingerprint": supernet_fp,
-                 "name": target.name, "complete": True}, net.model)
+                 "name": target.name, "complete": True, **extra}, net.model)
     save_arch(target.arch, net.arch)
 
 

@@ -13,14 +13,8 @@ from qspos.formats.qcdq_graph import (
     clips_into_integer_clips,
     count_convs,
     float_convs_where_pairs_overflow,
-    int16_pairs_fit,
     signed_steps_as_unsigned,
 )
-
-
-def test_the_int16_pair_bound():
-    assert int16_pairs_fit(255, 64) and not int16_pairs_fit(255, 65)  # 8-bit inputs: 7-bit weights at most
-    assert int16_pairs_fit(15, 127) and int16_pairs_fit(129, 127) and not int16_pairs_fit(130, 127)
 
 
 def test_only_the_stem_is_kept_float(written):

@@ -170,3 +170,14 @@ def test_export_without_finetuned_nets_is_a_clear_error(tmp_path, perturb):
     RunDir(run_dir).record_config(cfg)
     with pytest.raises(QsposError, match="qspos finetune"):
         export(run_dir, ["packed"])
+
+
+def test_a_net_fine_tuned_folded_exports_as_itself(tmp_path, perturb):
+    """Trained in its deployment form, the net QCDQ holds is the PyTorch net: no rounding between them."""
+    run_dir, net = _finetuned_run(tmp_path, perturb, 2, "finetune.fold_bn=start")
+    (res,) = export(run_dir)
+    assert res.check_ok and set(res.checks) == {"onnx-qcdq", "qonnx", "packed"}, res.checks
+    qcdq = res.checks["onnx-qcdq"]
+    assert qcdq.max_abs_logit_diff < 1e-4 and qcdq.test_change == 0 and qcdq.torch_test_top1 == net.test_top1
+    assert (qcdq.integer_convs, qcdq.convs) == (8, 9)
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(res.dir / "model_qcdq.onnx").graph.node}

@@ -10,12 +10,13 @@ import torch
 from qspos.core.arch import Arch
 from qspos.errors import QsposError
 from qspos.results.search_results import BudgetResult, Candidate, SearchResult, UniformBaseline
-from qspos.runtime.build import build_supernet, load_supernet
+from qspos.runtime.build import build_supernet, load_finetuned, load_supernet
 from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
 from qspos.runtime.data import DEBIAN_FASHION_MNIST, load_splits, make_loader, subset_in_memory
 from qspos.runtime.evaluate import evaluate_top1, recalibrate_bn
 from qspos.runtime.files import load_arch, write_json
+from qspos.runtime.train_state import training_recipe
 from qspos.runtime.trainer import fit
 from qspos.stages.evaluate import evaluate_checkpoint
 from qspos.stages.finetune import finetune, finetune_targets, init_model
@@ -161,3 +162,24 @@ def test_resume_refuses_to_keep_nets_tuned_with_other_settings(tmp_path, perturb
         finetune(load_config(cfg, ["finetune.lr=0.5"]), run_dir, arch=arch, resume=True)
     (again,) = finetune(cfg, run_dir, arch=arch, resume=True)  # the same settings: kept
     assert again.to_dict() == done.to_dict()
+
+
+def test_a_net_fine_tuned_folded_trains_saves_and_loads_without_batchnorm(tmp_path, perturb):
+    cfg, run_dir, arch = _finetune_cfg(tmp_path, perturb, "finetune.fold_bn=start")
+    (res,) = finetune(cfg, run_dir, arch=arch)
+    saved = load_checkpoint(res.dir / "model.pt")
+    assert saved["deployment_outputs"] == ["layer1.0.conv2", "layer2.0.conv2", "layer2.0.downsample.0",
+                                           "layer3.0.conv2", "layer3.0.downsample.0"]
+    model, _ = load_finetuned(cfg, res.dir / "model.pt")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert evaluate_checkpoint(cfg, res.dir / "model.pt").test_top1 == res.test_top1
+    (again,) = finetune(cfg, run_dir, arch=arch, resume=True)
+    assert again.to_dict() == res.to_dict()
+    with pytest.raises(QsposError, match="fold_bn was 'start', now 'after'|fold_bn"):
+        finetune(load_config(cfg, ["finetune.fold_bn=after"]), run_dir, arch=arch, resume=True)
+
+
+def test_the_default_fold_stays_out_of_the_recipe_so_older_nets_still_resume():
+    cfg = load_config("configs/quickstart.yaml")
+    assert "fold_bn" not in training_recipe(cfg.finetune, 16, 0, 100)
+    assert training_recipe(load_config(cfg, ["finetune.fold_bn=start"]).finetune, 16, 0, 100)["fold_bn"] == "start"

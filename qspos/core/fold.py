@@ -1,5 +1,7 @@
 """The deployment net of an extracted net: BatchNorm folded into its quantized convs, every conv
-output quantized, so that an int8 engine runs each conv as an integer conv.
+output quantized, so that an int8 engine runs each conv as an integer conv. Export writes it (QCDQ);
+fine-tuning may train it from its first step (``finetune.fold_bn: start``), so that the net it
+measures is the one deployed.
 
 Why: an int8 engine runs ``DequantizeLinear -> Conv -> QuantizeLinear`` as one integer conv only
 when no BatchNorm stands between the conv and the next quantize step, and it cannot fold one into
@@ -19,6 +21,10 @@ quantizer, its threshold the largest |output| on calibration images from the tra
 deployment's second change to the outputs, a rounding of at most half an 8-bit step. Not a conv
 whose integer products may overflow int16 pairs (:func:`int16_pairs_exact`): the file keeps it a
 float conv (:mod:`qspos.formats.qcdq_graph`), which such a quantizer would not speed up.
+
+Which convs get an output quantizer depends on their weights (:func:`int16_pairs_exact`), so a
+deployment net trained and saved is rebuilt from the names of those convs
+(:func:`output_quantized_convs`), not from its weights.
 """
 
 from __future__ import annotations
@@ -35,25 +41,44 @@ from brevitas.quant import Int32Bias
 from torch import Tensor, fx, nn
 
 from qspos.core.layers import SignedActQuant
-from qspos.formats.qcdq_graph import int16_pairs_fit
 
+INT16_MAX = 2 ** 15 - 1
 OUTPUT_BITS = 8  # a conv output quantized for deployment: int8, what QLinearConv writes
 PASS_THROUGH_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6)  # what a quantize step after them may absorb
 PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.relu6)
 
 
+class QuantizedOutput(nn.Sequential):
+    """A conv and the 8-bit quantizer of its output that the deployment net adds."""
+
+
 class _Leaves(fx.Tracer):
-    """Traces a net down to its Brevitas layers and torch.nn modules, which it does not enter."""
+    """Traces a net down to its Brevitas layers, torch.nn modules and quantized outputs, which it
+    does not enter."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m).__module__.startswith("brevitas.") or super().is_leaf_module(m, qualname)
+        return type(m).__module__.startswith("brevitas.") or isinstance(m, QuantizedOutput) or \
+            super().is_leaf_module(m, qualname)
 
 
-def deployment_net(model: nn.Module, calib: Tensor) -> nn.Module:
+def deployment_net(model: nn.Module, calib: Tensor | None, outputs: list[str] | None = None) -> nn.Module:
     """``model`` as an int8 engine runs it: BatchNorm folded (:func:`fold_batchnorm`), every conv
     bias int32 (:func:`quantize_biases`), every conv output that no quantizer follows quantized
-    (:func:`quantize_conv_outputs`, calibrated on ``calib``, images of the training split)."""
-    return quantize_conv_outputs(quantize_biases(fold_batchnorm(model)), calib)
+    (:func:`quantize_conv_outputs`, calibrated on ``calib``, images of the training split).
+    ``outputs``: the convs whose output to quantize, as :func:`output_quantized_convs` names them
+    (a saved deployment net rebuilt to load its state: ``calib`` may then be None)."""
+    return quantize_conv_outputs(quantize_biases(fold_batchnorm(model)), calib, outputs)
+
+
+def output_quantized_convs(model: nn.Module) -> list[str]:
+    """The convs of a deployment net that carry an output quantizer (:class:`QuantizedOutput`)."""
+    return [name for name, m in model.named_modules() if isinstance(m, QuantizedOutput)]
+
+
+def int16_pairs_fit(largest_input: int, largest_weight: int) -> bool:
+    """Does a sum of two products of input and weight codes fit in int16? ``largest_input``: the
+    largest input code as the kernel sees it, uint8 (a signed input shifted by 128: 255)."""
+    return 2 * largest_input * largest_weight <= INT16_MAX
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -129,7 +154,8 @@ def int16_pairs_exact(conv: QuantConv2d) -> bool:
 def _only_quantized_readers(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     for user in node.users:
         target = modules.get(user.target) if user.op == "call_module" else user.target
-        if isinstance(target, QuantWeightBiasInputOutputLayer) and target.input_quant.is_quant_enabled:
+        layer = target[0] if isinstance(target, QuantizedOutput) else target
+        if isinstance(layer, QuantWeightBiasInputOutputLayer) and layer.input_quant.is_quant_enabled:
             continue
         passes = isinstance(target, PASS_THROUGH_MODULES) or target in PASS_THROUGH_FUNCTIONS or \
             (user.op == "call_method" and target == "relu")
@@ -139,19 +165,21 @@ def _only_quantized_readers(node: fx.Node, modules: dict[str, nn.Module]) -> boo
 
 
 @torch.no_grad()
-def quantize_conv_outputs(model: nn.Module, calib: Tensor) -> nn.Module:
+def quantize_conv_outputs(model: nn.Module, calib: Tensor | None, names: list[str] | None = None) -> nn.Module:
     """``model`` (changed in place and returned) with an 8-bit signed output quantizer after each
-    conv of :func:`unquantized_conv_outputs`, its threshold the largest |output| on ``calib``."""
-    names = unquantized_conv_outputs(model)
-    peaks: dict[str, Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, args, out, name=n: operator.setitem(peaks, name, out.detach().abs().max())) for n in names]
-    model.eval()(calib)
-    for h in hooks:
-        h.remove()
+    conv of ``names`` (default :func:`unquantized_conv_outputs`), its threshold the largest
+    |output| on ``calib`` (1 without it: a threshold that a saved state replaces)."""
+    names = unquantized_conv_outputs(model) if names is None else names
+    peaks = {n: torch.tensor(1.0) for n in names}
+    if calib is not None:
+        hooks = [model.get_submodule(n).register_forward_hook(
+            lambda m, args, out, name=n: operator.setitem(peaks, name, out.detach().abs().max())) for n in names]
+        model.eval()(calib)
+        for h in hooks:
+            h.remove()
     for name in names:
         parent, _, leaf = name.rpartition(".")
         quant = QuantIdentity(act_quant=SignedActQuant, bit_width=OUTPUT_BITS,
                               scaling_init=peaks[name].clamp_min(1e-8), return_quant_tensor=False)
-        setattr(model.get_submodule(parent), leaf, nn.Sequential(model.get_submodule(name), quant))
+        setattr(model.get_submodule(parent), leaf, QuantizedOutput(model.get_submodule(name), quant))
     return model.eval()

@@ -7,8 +7,16 @@ import torch
 from brevitas.nn import QuantConv2d, QuantIdentity
 from torch import nn
 
+from qspos.core.fold import (
+    conv_bn_pairs,
+    deployment_net,
+    fold_batchnorm,
+    int16_pairs_exact,
+    int16_pairs_fit,
+    output_quantized_convs,
+    quantize_biases,
+)
 from qspos.formats.check import quant_layers
-from qspos.formats.fold import conv_bn_pairs, deployment_net, fold_batchnorm, int16_pairs_exact, quantize_biases
 from tests.formats.conftest import tiny_net
 
 
@@ -49,3 +57,22 @@ def test_the_deployment_net_quantizes_the_conv_outputs_that_reach_an_add():
     with torch.no_grad():
         x = torch.randn(4, 1, 12, 12)
         assert isinstance(net.get_submodule("layer1.0.conv2")[0], QuantConv2d) and net(x).shape == (4, 4)
+
+
+def test_the_int16_pair_bound():
+    assert int16_pairs_fit(255, 64) and not int16_pairs_fit(255, 65)  # 8-bit inputs: 7-bit weights at most
+    assert int16_pairs_fit(15, 127) and int16_pairs_fit(129, 127) and not int16_pairs_fit(130, 127)
+
+
+def test_a_saved_deployment_net_is_rebuilt_from_its_output_names_and_folding_it_again_changes_nothing():
+    _, model, _ = tiny_net(2, 4)
+    net = deployment_net(model, torch.randn(16, 1, 12, 12))
+    names = output_quantized_convs(net)
+    _, fresh, _ = tiny_net(2, 4)  # other weights: the structure must come from the names alone
+    rebuilt = deployment_net(fresh, None, names)
+    rebuilt.load_state_dict(net.state_dict())
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+        again = deployment_net(net, torch.randn(16, 1, 12, 12))  # what export does to a net trained folded
+        assert output_quantized_convs(again) == names and torch.equal(again(x), net(x))
