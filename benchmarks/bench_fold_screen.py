@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", required=True)
     parser.add_argument("--work", type=Path, default=Path("runs/fold_screen"))
     parser.add_argument("--name", default="fold_bn")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="config overrides of the fold-start fine-tuning (e.g. finetune.lr=0.01)")
     args = parser.parse_args()
     with in_pieces("bench_fold_screen"):
         started = time.time()
@@ -47,7 +49,7 @@ def main() -> None:
         if not (work / "supernet.pt").exists():
             work.mkdir(parents=True, exist_ok=True)
             shutil.copy2(args.seed_run / "supernet.pt", work / "supernet.pt")
-        cfg = load_config(args.seed_run / "config.yaml", ["finetune.fold_bn=start"])
+        cfg = load_config(args.seed_run / "config.yaml", ["finetune.fold_bn=start", *args.overrides])
         targets = [Target(net, load_arch(args.seed_run / "finetune" / net / "arch.yaml")) for net in args.nets]
         tuned = finetune(cfg, work, targets=targets, resume=True)
         if not all((work / "export" / net / "summary.json").exists() for net in args.nets):

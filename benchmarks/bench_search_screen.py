@@ -1,6 +1,8 @@
 """Screen the search levers (issue 25) on one trained supernet and one budget: the evolution as it
 was (no band, no fill), the evolution with the budget band and the fill step (the new defaults),
-and the sensitivity allocation. Each arm's pick is fine-tuned with the config's recipe.
+the sensitivity allocation, and the evolution with about 500 evaluations (population 50, 10
+generations: the paper's population, half its generations) instead of the config's. Each arm's
+pick is fine-tuned with the config's recipe. ``--arms`` picks some of them (by their number).
 
 Each arm searches a copy of ``--supernet`` (a finished ``supernet.pt``) in its own run directory
 under ``--work``; finished pieces are skipped, so a killed screen continues.
@@ -32,11 +34,13 @@ ARMS = {
     "evolution (no band, no fill)": ["search.floor=null", "search.fill=false"],
     "evolution + band 0.9 + fill": [],
     "sensitivity allocation": ["search.method=sensitivity"],
+    "evolution + band 0.9 + fill, 500 evaluations": ["search.population=50", "search.iterations=10", "search.topk=10",
+                                                      "search.mutation_count=25", "search.crossover_count=25"],
 }
 
 
 def _dir(arm: str) -> str:
-    return arm.split(" ")[0] + ("-old" if "no band" in arm else "")
+    return arm.split(" ")[0] + ("-old" if "no band" in arm else "") + ("-500" if "500" in arm else "")
 
 
 def run_arm(base: Config, arm: str, work: Path, supernet: Path, ledger: dict) -> None:
@@ -57,9 +61,9 @@ def run_arm(base: Config, arm: str, work: Path, supernet: Path, ledger: dict) ->
             ledger[f"{arm}/{b.name}"] = round(time.perf_counter() - t0, 1)
 
 
-def collect(work: Path) -> dict:
+def collect(work: Path, chosen: list[str]) -> dict:
     arms = {}
-    for arm in ARMS:
+    for arm in chosen:
         run = RunDir(work / _dir(arm))
         if not run.search_results.is_file():
             arms[arm] = None
@@ -99,7 +103,10 @@ def main() -> None:
     parser = screen_parser(__doc__, "runs/search_screen", "search_screen")
     parser.add_argument("--supernet", required=True, type=Path, help="a finished supernet.pt of this config")
     parser.add_argument("--budget", default=None, help="search only this budget of the config")
+    parser.add_argument("--arms", type=int, nargs="+", default=list(range(3)),
+                        help="which arms, by number: " + "; ".join(f"{i}: {a}" for i, a in enumerate(ARMS)))
     args = parser.parse_args()
+    chosen = [list(ARMS)[i] for i in args.arms]
     base = load_config(args.config, [f"seed={args.seed}", f"search.seed={args.seed}", "search.random_baseline=false",
                                      *args.overrides])
     if args.budget:
@@ -108,9 +115,9 @@ def main() -> None:
     ledger: dict = {}
     info = provenance()
     if not args.report_only:
-        for arm in ARMS:
+        for arm in chosen:
             run_arm(base, arm, args.work, args.supernet, ledger)
-    arms = collect(args.work)
+    arms = collect(args.work, chosen)
     partial = any(b is None or any("test_top1" not in x for x in b.values()) for b in arms.values())
     result = {**info, "seed": args.seed, "supernet": str(args.supernet), "ledger": ledger, "arms": arms,
               "partial": partial}
