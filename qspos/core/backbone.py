@@ -36,3 +36,5 @@ class SpaceDeclaration:
 
     blocks: list[SearchBlock]  # in forward order
     fixed: dict[str, list[SearchableLayer]]  # role ("first", "last") -> layers at fixed bits
+    # each BatchNorm that directly reads a searchable layer, with that layer (for per-bit-width BN)
+    norm_inputs: list[tuple[SlicedBatchNorm2d, SearchableLayer]] = field(default_factory=list)

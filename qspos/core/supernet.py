@@ -76,6 +76,9 @@ class Supernet(nn.Module):
                 layer.configure_bits((bits.w_bits,), (bits.a_bits,))
                 layer.set_active(bits.w_bits, bits.a_bits)
                 searched.add(id(layer))
+        for bn, layer in declaration.norm_inputs:  # per-bit-width BatchNorm (space.batchnorm: per_bits)
+            if len(layer.weight_quant.bit_choices) > 1:
+                bn.configure_bits(len(layer.weight_quant.bit_choices))
         stray = [n for n, m in self.layer_items() if id(m) not in searched]
         if stray:
             raise QsposError(f"searchable layers in no block and not fixed: {stray}")
@@ -108,6 +111,9 @@ class Supernet(nn.Module):
                     bn.set_channels(k)
                 for layer in slot.consumers:
                     layer.set_channels(in_channels=k)
+        for bn, layer in self.declaration.norm_inputs:
+            if bn.weight_offsets is not None:
+                bn.select_bits(layer.weight_quant.active_index)
 
     def active_slices(self) -> dict[nn.Parameter, tuple]:
         """Used part of every sliced parameter on the active path (for ``optim.MaskedSGD``)."""

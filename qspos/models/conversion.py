@@ -58,9 +58,11 @@ class Converted:
 
 
 def convert(model: nn.Module, input_shape: tuple[int, int, int], max_width: float = 1.0,
-            tie: str = "block") -> Converted:
+            tie: str = "block", norms_per_bits: bool = False) -> Converted:
     """The searchable form of ``model`` (left untouched) for inputs of ``input_shape`` (C, H, W),
-    its shrinkable channel groups grown to ``max_width`` times their channels."""
+    its shrinkable channel groups grown to ``max_width`` times their channels. ``norms_per_bits``:
+    every BatchNorm that directly reads a searchable layer becomes a ``SlicedBatchNorm2d`` (sliced
+    or not) and is declared with that layer, so that it can keep its affine per bit-width."""
     net = copy.deepcopy(model)
     info = analyse(net, input_shape)
     if not info.layers:
@@ -80,6 +82,13 @@ def convert(model: nn.Module, input_shape: tuple[int, int, int], max_width: floa
         for bn_name in g.norms:
             norms[bn_name] = _sliced_bn(net.get_submodule(bn_name), channels(g.channels, max_width))
             _set(net, bn_name, norms[bn_name])
+    norm_inputs = []
+    for bn_name, layer_name in info.norm_inputs.items() if norms_per_bits else ():
+        if bn_name not in norms:  # a BatchNorm of a group that keeps its width
+            ref = net.get_submodule(bn_name)
+            norms[bn_name] = _sliced_bn(ref, ref.num_features)
+            _set(net, bn_name, norms[bn_name])
+        norm_inputs.append((norms[bn_name], new[layer_name]))
 
     blocks: dict[str, SearchBlock] = {}
     for name in info.layers:
@@ -97,6 +106,7 @@ def convert(model: nn.Module, input_shape: tuple[int, int, int], max_width: floa
     declaration = SpaceDeclaration(
         list(blocks.values()),
         {role: [new[n] for n in names] for role, names in (("first", info.first), ("last", info.last)) if names},
+        norm_inputs,
     )
     return Converted(net, declaration, _entries(info, fixed, block_of, owners, new, tie))
 

@@ -105,6 +105,7 @@ class GraphInfo:
     groups: dict[int, ChannelGroup]
     first: list[str]  # layers reading the network input (through no other layer)
     last: list[str]  # layers writing the network output (through no other layer)
+    norm_inputs: dict[str, str] = field(default_factory=dict)  # BatchNorm2d -> the layer it directly reads
 
 
 # subclasses of these that keep the base forward compute what the base does: leaves, like it
@@ -267,7 +268,9 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> GraphInfo:
     a = _Analysis(dict(gm.named_modules()))
     for node in gm.graph.nodes:
         a.visit(node)
-    return _collect(a.spaces, a.layers, a.norms, *_ends(gm, a.layers))
+    info = _collect(a.spaces, a.layers, a.norms, *_ends(gm, a.layers))
+    info.norm_inputs = a.norm_inputs
+    return info
 
 
 class _Analysis:
@@ -281,6 +284,7 @@ class _Analysis:
         self.nonneg: dict[fx.Node, bool] = {}
         self.layers: dict[str, tuple[nn.Module, int, int, bool, bool]] = {}
         self.norms: list[tuple[str, int]] = []
+        self.norm_inputs: dict[str, str] = {}
 
     def space(self, node: fx.Node) -> int:
         if node not in self.space_of:  # a tensor made by an op we did not model: keep it as it is
@@ -349,6 +353,8 @@ class _Analysis:
         elif isinstance(m, nn.BatchNorm2d):
             self.keep(node, x)
             self.norms.append((node.target, self.space(x)))
+            if x.op == "call_module" and x.target in self.layers:
+                self.norm_inputs[node.target] = x.target
         elif isinstance(m, nn.modules.conv._ConvNd):  # Conv1d/3d, transposed convs: no searchable form
             raise QsposError(f"model: cannot convert {node.target}: {type(m).__name__} (qspos quantizes Conv2d "
                              "and Linear layers; their BitOps would be missing from every budget)")

@@ -79,7 +79,8 @@ class Supernet(core.Supernet):
             raise QsposError(f"input_shape: give one image's (channels, height, width), e.g. (3, 32, 32); "
                              f"got {tuple(input_shape)}")
         space_cfg = space if isinstance(space, SpaceConfig) else load_config({"space": dict(space)}).space
-        converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie)
+        converted = convert(model, tuple(input_shape), max(space_cfg.width_multipliers), space_cfg.tie,
+                            space_cfg.batchnorm == "per_bits")
         supernet = cls(converted.net, converted.declaration, space_cfg, input_shape, converted.layers).to(device)
         supernet.set_quant_backend(best_backend(torch.device(device).type))
         if calib is not None:
@@ -115,7 +116,7 @@ def convert_model(cfg: Config, given: nn.Module | None = None) -> tuple[Converte
     downloaded).
     """
     if given is not None:
-        return convert(given, cfg.input_shape, max(cfg.space.width_multipliers), cfg.space.tie), []
+        return _converted(cfg, given), []
     if cfg.model.name.startswith(OBJECT_PREFIX):
         raise QsposError(f"this run's model was passed as an object ({cfg.model.name[len(OBJECT_PREFIX):]}): "
                          "pass the same model again (model=...) to use the run")
@@ -124,7 +125,12 @@ def convert_model(cfg: Config, given: nn.Module | None = None) -> tuple[Converte
     if isinstance(weights, str):
         weights = load_state_dict_file(weights)
     model, notes = build_model(cfg.model.name, cfg.model.num_classes, cfg.model.in_channels, args, weights)
-    return convert(model, cfg.input_shape, max(cfg.space.width_multipliers), cfg.space.tie), notes
+    return _converted(cfg, model), notes
+
+
+def _converted(cfg: Config, model: nn.Module) -> Converted:
+    s = cfg.space
+    return convert(model, cfg.input_shape, max(s.width_multipliers), s.tie, s.batchnorm == "per_bits")
 
 
 def load_supernet(cfg: Config, path: str | Path, require_complete: bool = True,

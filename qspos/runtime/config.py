@@ -48,6 +48,10 @@ class SpaceConfig:
     tie: Literal["block", "layer"] = "block"
     first: FixedBits = field(default_factory=FixedBits)
     last: FixedBits = field(default_factory=FixedBits)
+    # per_bits: each BatchNorm after a searched layer keeps one affine transform per weight
+    # bit-width of that layer (switchable BN, as Any-Precision DNNs and AdaBits); shared: one
+    # (statistics are shared either way: every measured path gets its own by recalibration)
+    batchnorm: Literal["shared", "per_bits"] = "shared"
 
 
 @dataclass

@@ -46,7 +46,8 @@ def data_identity(cfg: Config) -> dict[str, Any]:
 
 # settings added after runs were saved that behaved as this value does: at it, a setting stays out
 # of the digest, so those runs still resume
-IMPLIED = {("search", "sensitivity_probes"): "joint", ("finetune", "fold_bn"): "after"}
+IMPLIED = {("search", "sensitivity_probes"): "joint", ("finetune", "fold_bn"): "after",
+           ("space", "batchnorm"): "shared"}
 
 
 def fingerprint(cfg: Config, *sections: str) -> str:

@@ -32,9 +32,13 @@ DYNAMIC = (SearchableLayer, SlicedBatchNorm2d, BitChoiceQuantizer)
     (RESNET18_32, 3),
     ("small", 4),
     (SMALL_LAYER_TIE, 4),
-], ids=["resnet18-block", "resnet_small-block", "resnet_small-layer"])
+    ("small-per-bits-bn", 4),
+], ids=["resnet18-block", "resnet_small-block", "resnet_small-layer", "resnet_small-per-bits-bn"])
 def test_extract_computes_exactly_the_supernet_path(config, n_archs, small_cfg, perturb):
-    cfg = small_cfg if config == "small" else load_config(config)
+    if isinstance(config, str):
+        cfg = small_cfg if config == "small" else load_config(small_cfg, ["space.batchnorm=per_bits"])
+    else:
+        cfg = load_config(config)
     torch.manual_seed(0)
     supernet = perturb(build_supernet(cfg)).eval()
     x = torch.randn(4, *cfg.input_shape)
@@ -164,13 +168,14 @@ def test_a_declaration_with_nothing_to_search_is_refused(small_cfg):
         Supernet(converted.net, converted.declaration, small_cfg.space)
 
 
-def test_masked_compute_equals_the_sliced_path(small_cfg, perturb):
+@pytest.mark.parametrize("batchnorm", ["shared", "per_bits"])
+def test_masked_compute_equals_the_sliced_path(small_cfg, perturb, batchnorm):
     """Max-width compute with channel masks (what torch.compile trains) gives every path the
     values, BN statistics and gradients of the sliced compute, up to float summation order."""
     import random
 
     torch.manual_seed(0)
-    sliced = perturb(build_supernet(small_cfg, "cpu")).train()
+    sliced = perturb(build_supernet(load_config(small_cfg, [f"space.batchnorm={batchnorm}"]), "cpu")).train()
     masked = copy.deepcopy(sliced)
     masked.set_masked(True)
     x = torch.randn(8, 1, 16, 16)
@@ -195,3 +200,32 @@ def test_masked_compute_equals_the_sliced_path(small_cfg, perturb):
             assert not grad_q[outside].any(), f"{name}: gradient outside the active path"
     masked.set_masked(False)
     assert isinstance(masked.extract(arch).layer1[0].conv1, torch.nn.Module)
+
+
+def test_per_bit_width_batchnorm_follows_the_weight_bits_of_the_layer_it_reads(small_cfg):
+    """Each BatchNorm after a searched conv keeps one affine per weight bit-width of that conv, all
+    equal to the shared one at the start; a fixed-bit layer's BatchNorm stays shared."""
+    cfg = load_config(small_cfg, ["space.batchnorm=per_bits"])
+    shared, per_bits = build_supernet(small_cfg).eval(), build_supernet(cfg).eval()
+    missing, unexpected = per_bits.load_state_dict(shared.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(("_offsets", "bits_index", "num_active")) for k in missing)
+    two, four = per_bits.space.uniform(2, 2), per_bits.space.uniform(4, 2)
+    x = torch.randn(4, *cfg.input_shape)
+    bn, conv = per_bits.net.layer1[0].bn2, per_bits.net.layer1[0].conv2  # bn2: its weight starts at 0
+    with torch.no_grad():
+        for arch in (two, four):  # zero offsets: the shared net
+            shared.set_arch(arch)
+            per_bits.set_arch(arch)
+            torch.testing.assert_close(per_bits(x), shared(x), rtol=0, atol=0)
+        per_bits.set_arch(two)
+        assert bn.weight_offsets.shape == (len(conv.weight_quant.bit_choices), bn.num_features)
+        assert bn.bits_active == conv.weight_quant.bit_choices.index(2) and not bn.weight.requires_grad
+        assert per_bits.net.bn1.weight_offsets is None  # the stem: fixed 8-bit weights
+        bn.bias_offsets[bn.bits_active].fill_(5.0)
+        shared.set_arch(two)
+        assert not torch.equal(per_bits(x), shared(x))
+        for net in (per_bits, shared):  # the 4-bit row is still the shared affine
+            net.set_arch(four)
+        torch.testing.assert_close(per_bits(x), shared(x), rtol=0, atol=0)
+    static = per_bits.extract(two).layer1[0].bn2
+    torch.testing.assert_close(static.bias, bn.bias + 5.0)

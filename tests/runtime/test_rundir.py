@@ -17,7 +17,7 @@ import pytest
 from qspos.cli import main
 from qspos.errors import QsposError
 from qspos.runtime.config import DataConfig, load_config
-from qspos.runtime.rundir import LOCK, RunDir, data_identity, fingerprint, hold
+from qspos.runtime.rundir import IMPLIED, LOCK, RunDir, data_identity, fingerprint, hold
 
 # holds the run directory argv[1] until killed
 HOLDER = "import sys, time\nfrom qspos.runtime.rundir import hold\nwith hold(sys.argv[1]):\n" \
@@ -74,14 +74,16 @@ def test_every_data_setting_defines_a_run_but_those_that_change_no_result(small_
     assert fingerprint(same, "model", "data") == fingerprint(small_cfg, "model", "data")
 
 
-def test_a_setting_added_later_at_its_implied_value_leaves_saved_fingerprints_alone(small_cfg):
-    """A run saved before ``search.sensitivity_probes`` existed measured joint probes: at that value
-    the digest is the one computed without the key; another value makes another run."""
+@pytest.mark.parametrize("section, key, other", [("search", "sensitivity_probes", "factored"),
+                                                  ("finetune", "fold_bn", "start"), ("space", "batchnorm", "per_bits")])
+def test_a_setting_added_later_at_its_implied_value_leaves_saved_fingerprints_alone(small_cfg, section, key, other):
+    """A run saved before e.g. ``search.sensitivity_probes`` existed measured joint probes: at that
+    value the digest is the one computed without the key; another value makes another run."""
     d = {**small_cfg.to_dict(), "data": data_identity(small_cfg)}
-    del d["search"]["sensitivity_probes"]
-    before = hashlib.sha1(json.dumps({"search": d["search"]}, sort_keys=True).encode()).hexdigest()[:12]
-    assert fingerprint(small_cfg, "search") == before and small_cfg.search.sensitivity_probes == "joint"
-    assert fingerprint(load_config(small_cfg, ["search.sensitivity_probes=factored"]), "search") != before
+    assert d[section].pop(key) == IMPLIED[section, key]
+    before = hashlib.sha1(json.dumps({section: d[section]}, sort_keys=True).encode()).hexdigest()[:12]
+    assert fingerprint(small_cfg, section) == before
+    assert fingerprint(load_config(small_cfg, [f"{section}.{key}={other}"]), section) != before
 
 
 def _holder(path) -> subprocess.Popen:
