@@ -2,9 +2,9 @@
 ``qspos.core.fold.deployment_net``, in PyTorch, on the whole test split.
 
 Steps: the fine-tuned net; BatchNorm folded (exact on the weight codes); biases int32 at the
-accumulator's scale (what an integer conv adds); 8-bit conv outputs with the export's max
-calibration; the same with each output threshold chosen by least squared error
-(``core.calibrate.mse_threshold``) on the same calibration images, as a candidate fix.
+accumulator's scale (what an integer conv adds), rounded; the same with each channel's int32 bias
+and weight scale fitted on the export's calibration images (``core.fold.fit_int32_biases``); the
+deployment net that export writes (fitted biases, 8-bit conv outputs calibrated by their max).
 
     .venv/bin/python benchmarks/bench_deploy_rounding.py RUN_DIR NET [NET ...] [--name deploy_rounding]
 
@@ -22,7 +22,6 @@ import torch
 from _screen import provenance, provenance_lines
 
 from qspos.core import fold
-from qspos.core.calibrate import mse_threshold
 from qspos.runtime.build import load_finetuned
 from qspos.runtime.config import load_config
 from qspos.runtime.data import load_splits, make_loader
@@ -30,33 +29,20 @@ from qspos.runtime.evaluate import evaluate_top1
 from qspos.stages.export import first_batches
 
 RESULTS = Path(__file__).parent / "results"
-STEPS = ("fine-tuned", "BN folded", "+ int32 biases", "+ 8-bit outputs (max)", "+ 8-bit outputs (MSE)")
+STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases (fitted)",
+         "+ 8-bit outputs (deployed)")
 
 
-@torch.no_grad()
-def mse_outputs(net: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
-    """``net`` (a deployment net) with each output quantizer's threshold set by least squared error."""
-    seen: dict[str, torch.Tensor] = {}
-    names = fold.output_quantized_convs(net)
-    hooks = [net.get_submodule(n)[0].register_forward_hook(
-        lambda m, args, out, n=n: seen.__setitem__(n, out.detach().flatten())) for n in names]
-    net.eval()(calib)
-    for h in hooks:
-        h.remove()
-    g = torch.Generator().manual_seed(0)
-    for n in names:
-        x = seen[n][torch.randperm(seen[n].numel(), generator=g)[:1 << 16]]
-        quant = net.get_submodule(n)[1].act_quant
-        quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value.fill_(
-            mse_threshold(x, fold.OUTPUT_BITS, True, bool(quant.is_narrow_range)))
-    return net
+def fitted(model: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
+    folded = fold.fold_batchnorm(model)
+    names = fold.float_bias_convs(folded)
+    return fold.fit_int32_biases(fold.quantize_biases(folded), calib, names)
 
 
 def measure(run: Path, name: str, cfg, test, calib) -> dict:
     model, arch = load_finetuned(cfg, run / "finetune" / name / "model.pt")
-    nets = [model, fold.fold_batchnorm(model), fold.quantize_biases(fold.fold_batchnorm(model))]
-    nets.append(fold.deployment_net(model, calib))
-    nets.append(mse_outputs(fold.deployment_net(model, calib), calib))
+    nets = [model, fold.fold_batchnorm(model), fold.quantize_biases(fold.fold_batchnorm(model)),
+            fitted(model, calib), fold.deployment_net(model, calib)]
     return {"net": name, "arch": arch.digest(), **{s: evaluate_top1(m, test, "cpu")[0] for s, m in zip(STEPS, nets)}}
 
 
