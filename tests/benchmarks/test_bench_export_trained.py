@@ -1,0 +1,52 @@
+"""The export benchmark of trained nets (``benchmarks/bench_export_trained.py``) and the deployment
+rounding diagnosis (``benchmarks/bench_deploy_rounding.py``) at tiny size: a seed's fine-tuned net
+is copied, exported and reported against its PyTorch net, and a complete work folder is not
+exported again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from qspos.cli import main
+from qspos.runtime.build import build_supernet
+from qspos.runtime.config import load_config
+from qspos.stages.finetune import Target, finetune
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_deploy_rounding as rounding  # noqa: E402
+import bench_export_trained as bench  # noqa: E402
+
+from tests.benchmarks.test_bench_accuracy import TINY  # noqa: E402
+
+
+def test_a_seeds_nets_are_exported_and_compared_with_their_pytorch_nets(tmp_path, monkeypatch):
+    cfg_file, seed, work = tmp_path / "tiny.yaml", tmp_path / "seed", tmp_path / "work"
+    cfg_file.write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(cfg_file), "--out", str(seed)]) == 0
+    cfg = load_config(cfg_file)
+    arch = build_supernet(cfg).space.uniform(2, 2)
+    (tuned,) = finetune(cfg, seed, targets=[Target("uniform-w2a2", arch)])
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["bench_export_trained.py", str(seed), "--work", str(work), "--name", "s0"])
+    bench.main()
+    result = json.loads((tmp_path / "results" / "s0.json").read_text())
+    (row,) = result["nets"]
+    assert row["net"] == "uniform-w2a2" and row["torch_test_top1"] == tuned.test_top1
+    assert row["ok"] and result["qcdq_minus_torch"]["n"] == 1
+    assert not (work / "finetune" / "uniform-w2a2" / "train.pt").exists()  # the training checkpoint stays
+    summary = work / "export" / "uniform-w2a2" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    bench.main()
+    assert summary.stat().st_mtime_ns == stamp
+
+    monkeypatch.setattr(rounding, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["bench_deploy_rounding.py", str(seed), "uniform-w2a2"])
+    rounding.main()
+    (steps,) = json.loads((tmp_path / "results" / "deploy_rounding.json").read_text())["nets"]
+    assert steps["fine-tuned"] == tuned.test_top1 and set(rounding.STEPS) <= set(steps)
+    assert abs(steps["BN folded"] - steps["fine-tuned"]) <= 0.01  # folding keeps every code
