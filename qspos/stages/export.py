@@ -9,6 +9,7 @@ first ``export.check_batch`` test images (:mod:`qspos.formats.check`); the check
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from qspos.formats.registry import FORMATS, select
 from qspos.runtime.build import build_supernet, load_finetuned
 from qspos.runtime.data import load_splits, make_loader
 from qspos.runtime.files import write_json
-from qspos.runtime.progress import ScoreFormat, percent, table
+from qspos.runtime.progress import ScoreFormat, console, percent, table
 from qspos.runtime.rundir import RunDir, holds_run_dir
 from qspos.runtime.task import NO_TASK, Task
 
@@ -89,7 +90,8 @@ def export(run_dir: str | Path | RunDir, formats: list[str] | None = None, *,
     top1_loader = loader if ScoreFormat(cfg.score).accuracy else None
     costs = CostModel(build_supernet(cfg, given=task.model), cfg.input_shape)
     results = []
-    for net in nets:
+    for i, net in enumerate(nets, 1):
+        started = time.monotonic()
         model, arch = load_finetuned(cfg, net.model, task.model)
         ref = Reference.of(model, batches, top1_loader, calib, cfg.export.timing_runs)
         metadata = describe(cfg, arch, splits.test)
@@ -107,6 +109,10 @@ def export(run_dir: str | Path | RunDir, formats: list[str] | None = None, *,
             res.packed_bytes = (out / res.files["packed"]).stat().st_size
         write_json(run.export_summary(net.name), res.to_dict())
         results.append(res)
+        checks = ", ".join(f"{name} {'ok' if c.ok else 'FAILED'}" for name, c in res.checks.items())
+        console.print(f"export {net.name} ({i}/{len(nets)}): {checks or 'nothing written'}"
+                      f"{'; skipped ' + ', '.join(res.skipped) if res.skipped else ''}, "
+                      f"{time.monotonic() - started:.0f} s")
     return results
 
 

@@ -139,11 +139,12 @@ def test_binary_weights_export_to_qcdq_as_narrow_2bit_integers_with_parity(tmp_p
     assert {"BipolarQuant", "Quant"} <= {n.op_type for n in onnx.load(res.dir / "model_qonnx.onnx").graph.node}
 
 
-def test_layers_wider_than_8_bits_skip_qcdq_with_the_reason(tmp_path, perturb):
-    run_dir, _ = _finetuned_run(tmp_path, perturb, 2, "space.first.w_bits=16")
+def test_layers_wider_than_8_bits_skip_qcdq_with_the_reason(tmp_path, perturb, capsys):
+    run_dir, net = _finetuned_run(tmp_path, perturb, 2, "space.first.w_bits=16")
     (res,) = export(run_dir, ["onnx-qcdq"])
     assert res.skipped == {"onnx-qcdq": "QCDQ holds integers of at most 8 bits; conv1 has 16-bit weights"}
     assert not res.files and res.check_ok is None
+    assert f"export {net.name} (1/1): nothing written; skipped onnx-qcdq, " in capsys.readouterr().err
 
 
 def test_a_broken_packer_fails_the_integer_check_and_the_command(tmp_path, perturb, monkeypatch, capsys):
@@ -159,6 +160,7 @@ def test_a_broken_packer_fails_the_integer_check_and_the_command(tmp_path, pertu
     assert main(["export", str(run_dir), "--format", "packed"]) == 1
     err = capsys.readouterr().err
     assert "(packed)" in err and "packed: accumulators off by up to" in err
+    assert "): packed FAILED, " in err  # the net's progress line
     res = ExportResult.load(RunDir(run_dir).export_summaries()[0])
     packed = res.checks["packed"]
     assert res.check_ok is False and not packed.ok and packed.exact_accumulators is False
