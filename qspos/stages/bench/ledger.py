@@ -1,11 +1,14 @@
 """The wall-time ledger: a benchmark runs in pieces (invocations, maybe at once on different
-cores), and its wall time is the sum of theirs."""
+cores). Its summed time is what the pieces took one after the other (one core's worth); its
+elapsed time counts the hours when pieces ran at once (on the machine's cores) once."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from calendar import timegm
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,27 @@ def read_ledger(work: str | Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+STARTED = "%Y-%m-%d %H:%M:%S UTC"
+
+
+def elapsed_seconds(invocations: Iterable[dict[str, Any]]) -> float:
+    """Wall-clock seconds during which at least one invocation ran (the union of their spans)."""
+    spans = sorted((start := timegm(time.strptime(e["started"], STARTED)), start + e["wall_seconds"])
+                   for e in invocations)
+    total, covered = 0.0, float("-inf")
+    for start, end in spans:
+        total += max(0.0, end - max(start, covered))
+        covered = max(covered, end)
+    return total
+
+
 class Ledger:
     """Records this invocation's wall time in the work directory's ledger, updated as it runs;
     invocations running at once (pieces on different cores) each keep their own entry."""
 
     def __init__(self, work: str | Path, command: str, commit: str | None, machine: str):
         self.work, self.path = work, BenchDir(work).ledger
-        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        started = time.strftime(STARTED, time.gmtime())
         self.entry = {"id": f"{started} pid {os.getpid()}", "command": command, "commit": commit,
                       "machine": machine, "started": started, "wall_seconds": 0.0}
         self.t0 = time.perf_counter()
