@@ -9,28 +9,17 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from qspos.cli import main
-from qspos.runtime.build import build_supernet
-from qspos.runtime.config import load_config
-from qspos.stages.finetune import Target, finetune
+from tests.benchmarks.seed_run import tiny_seed_run
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_deploy_rounding as rounding  # noqa: E402
 import bench_export_trained as bench  # noqa: E402
 
-from tests.benchmarks.test_bench_accuracy import TINY  # noqa: E402
-
 
 def test_a_seeds_nets_are_exported_and_compared_with_their_pytorch_nets(tmp_path, monkeypatch):
-    cfg_file, seed, work = tmp_path / "tiny.yaml", tmp_path / "seed", tmp_path / "work"
-    cfg_file.write_text(yaml.safe_dump(TINY))
-    assert main(["train", str(cfg_file), "--out", str(seed)]) == 0
-    cfg = load_config(cfg_file)
-    arch = build_supernet(cfg).space.uniform(2, 2)
-    (tuned,) = finetune(cfg, seed, targets=[Target("uniform-w2a2", arch)])
+    seed, _, _, tuned = tiny_seed_run(tmp_path)
+    work = tmp_path / "work"
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["bench_export_trained.py", str(seed), "--work", str(work), "--name", "s0"])
     bench.main()

@@ -9,29 +9,19 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
-from qspos.cli import main
-from qspos.runtime.build import build_supernet
 from qspos.runtime.checkpoint import load_checkpoint
 from qspos.runtime.config import load_config
 from qspos.stages.export import export
-from qspos.stages.finetune import Target, finetune
+from tests.benchmarks.seed_run import tiny_seed_run
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_fold_screen as screen  # noqa: E402
 
-from tests.benchmarks.test_bench_accuracy import TINY  # noqa: E402
-
 
 def test_the_fold_screen_pairs_each_net_with_its_seed_twin(tmp_path, monkeypatch):
-    cfg_file, seed, after = tmp_path / "tiny.yaml", tmp_path / "seed", tmp_path / "after"
-    cfg_file.write_text(yaml.safe_dump(TINY))
-    assert main(["train", str(cfg_file), "--out", str(seed)]) == 0
-    cfg = load_config(cfg_file)
-    arch = build_supernet(cfg).space.uniform(2, 2)
-    finetune(cfg, seed, targets=[Target("uniform-w2a2", arch)])
+    seed, _, arch, _ = tiny_seed_run(tmp_path)
+    after = tmp_path / "after"
     export(seed, ["onnx-qcdq"])
     after.mkdir()
     shutil.copy(seed / "export" / "uniform-w2a2" / "summary.json", after / "uniform-w2a2.json")
