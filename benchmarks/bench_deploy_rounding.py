@@ -2,9 +2,9 @@
 ``qspos.core.fold.deployment_net``, in PyTorch, on the whole test split.
 
 Steps: the fine-tuned net; BatchNorm folded (exact on the weight codes); biases int32 at the
-accumulator's scale (what an integer conv adds), rounded; the same with each channel's int32 bias
-and weight scale fitted on the export's calibration images (``core.fold.fit_int32_biases``); the
-deployment net that export writes (fitted biases, 8-bit conv outputs calibrated by their max).
+accumulator's scale (what an integer conv adds), rounded; the same with the biases of channels
+whose codes are all zero made exact (``core.fold.exact_zero_channel_biases``); the deployment net
+that export writes (those biases, 8-bit conv outputs calibrated by their max).
 
     .venv/bin/python benchmarks/bench_deploy_rounding.py RUN_DIR NET [NET ...] [--name deploy_rounding]
 
@@ -29,20 +29,19 @@ from qspos.runtime.evaluate import evaluate_top1
 from qspos.stages.export import first_batches
 
 RESULTS = Path(__file__).parent / "results"
-STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases (fitted)",
+STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases (zero channels exact)",
          "+ 8-bit outputs (deployed)")
 
 
-def fitted(model: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
+def exact_zero_channels(model: torch.nn.Module) -> torch.nn.Module:
     folded = fold.fold_batchnorm(model)
-    names = fold.float_bias_convs(folded)
-    return fold.fit_int32_biases(fold.quantize_biases(folded), calib, names)
+    return fold.exact_zero_channel_biases(fold.quantize_biases(folded), fold.float_bias_convs(folded))
 
 
 def measure(run: Path, name: str, cfg, test, calib) -> dict:
     model, arch = load_finetuned(cfg, run / "finetune" / name / "model.pt")
     nets = [model, fold.fold_batchnorm(model), fold.quantize_biases(fold.fold_batchnorm(model)),
-            fitted(model, calib), fold.deployment_net(model, calib)]
+            exact_zero_channels(model), fold.deployment_net(model, calib)]
     return {"net": name, "arch": arch.digest(), **{s: evaluate_top1(m, test, "cpu")[0] for s, m in zip(STEPS, nets)}}
 
 
