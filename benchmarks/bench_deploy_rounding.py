@@ -35,7 +35,8 @@ STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases 
 
 def exact_zero_channels(model: torch.nn.Module) -> torch.nn.Module:
     folded = fold.fold_batchnorm(model)
-    return fold.exact_zero_channel_biases(fold.quantize_biases(folded), fold.float_bias_convs(folded))
+    names = fold.float_bias_convs(folded)  # before quantize_biases, which makes them int32
+    return fold.exact_zero_channel_biases(fold.quantize_biases(folded), names)
 
 
 def measure(run: Path, name: str, cfg, test, calib) -> dict:
