@@ -9,7 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from tests.benchmarks.seed_run import tiny_seed_run
+from tests.formats.conftest import tiny_net
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -39,3 +42,14 @@ def test_a_seeds_nets_are_exported_and_compared_with_their_pytorch_nets(tmp_path
     (steps,) = json.loads((tmp_path / "results" / "deploy_rounding.json").read_text())["nets"]
     assert steps["fine-tuned"] == tuned.test_top1 and set(rounding.STEPS) <= set(steps)
     assert abs(steps["BN folded"] - steps["fine-tuned"]) <= 0.01  # folding keeps every code
+
+
+def test_the_zero_channel_step_makes_a_dead_channels_bias_exact():
+    _, model, _ = tiny_net(2, 4)
+    block = model.layer1[0]
+    with torch.no_grad():  # channel 0 of the first conv: codes all zero, BatchNorm variance near zero
+        block.conv1.weight[0] = 0
+        block.bn1.running_var[0], block.bn1.running_mean[0], block.bn1.bias[0] = 1e-6, 0.0, 0.3
+        x = torch.rand(2, 4, 12, 12)
+        out = rounding.exact_zero_channels(model).layer1[0].conv1(x)
+    assert torch.allclose(out[:, 0], torch.tensor(0.3))
