@@ -21,6 +21,7 @@ from pathlib import Path
 
 from _screen import in_pieces, provenance, provenance_lines, write_results
 
+from qspos.errors import QsposError
 from qspos.stages.export import export
 
 RESULTS = Path(__file__).parent / "results" / "export_trained"
@@ -38,6 +39,9 @@ def main() -> None:
     with in_pieces("bench_export_trained"):
         started = time.time()
         nets = args.nets or sorted(p.parent.name for p in (args.seed_run / "finetune").glob("*/model.pt"))
+        unfinished = [n for n in nets if not (args.seed_run / "finetune" / n / "model.pt").is_file()]
+        if unfinished:
+            raise QsposError(f"not fine-tuned (no model.pt) in {args.seed_run / 'finetune'}: {', '.join(unfinished)}")
         for net in nets:
             (args.work / "finetune" / net).mkdir(parents=True, exist_ok=True)
             for f in NET_FILES:

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.benchmarks.seed_run import tiny_seed_run
@@ -35,6 +36,11 @@ def test_a_seeds_nets_are_exported_and_compared_with_their_pytorch_nets(tmp_path
     stamp = summary.stat().st_mtime_ns
     bench.main()
     assert summary.stat().st_mtime_ns == stamp
+
+    monkeypatch.setattr(sys, "argv", ["bench_export_trained.py", str(seed), "--work", str(work), "--name", "s0",
+                                      "--nets", "uniform-w2a2", "uniform-w3a3"])
+    with pytest.raises(SystemExit, match="not fine-tuned .*: uniform-w3a3$"):
+        bench.main()
 
     monkeypatch.setattr(rounding, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["bench_deploy_rounding.py", str(seed), "uniform-w2a2"])
