@@ -3,7 +3,7 @@
 
 Steps: the fine-tuned net; BatchNorm folded (exact on the weight codes); biases int32 at the
 accumulator's scale (what an integer conv adds), rounded; the same with the biases of channels
-whose codes are all zero made exact (``core.fold.exact_zero_channel_biases``); the deployment net
+whose codes are all zero made exact (``core.fold.int32_biases``); the deployment net
 that export writes (those biases, 8-bit conv outputs calibrated by their max).
 
     .venv/bin/python benchmarks/bench_deploy_rounding.py RUN_DIR NET [NET ...] [--name deploy_rounding]
@@ -34,9 +34,7 @@ STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases 
 
 
 def exact_zero_channels(model: torch.nn.Module) -> torch.nn.Module:
-    folded = fold.fold_batchnorm(model)
-    names = fold.float_bias_convs(folded)  # before quantize_biases, which makes them int32
-    return fold.exact_zero_channel_biases(fold.quantize_biases(folded), names)
+    return fold.int32_biases(fold.fold_batchnorm(model))
 
 
 def measure(run: Path, name: str, cfg, test, calib) -> dict:

@@ -13,16 +13,16 @@ NAME.md. A rerun on a complete ``--work`` only rewrites the report.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from _screen import in_pieces, provenance, provenance_lines, write_results
 
 from qspos.errors import QsposError
-from qspos.stages.export import export
+from qspos.stages.export import ExportResult, export
 
 RESULTS = Path(__file__).parent / "results" / "export_trained"
 NET_FILES = ("model.pt", "arch.yaml", "layers.json", "result.json")
@@ -53,7 +53,7 @@ def main() -> None:
 
 
 def row(work: Path, net: str) -> dict:
-    check = json.loads((work / "export" / net / "summary.json").read_text())["checks"]["onnx-qcdq"]
+    check = asdict(ExportResult.load(work / "export" / net / "summary.json").checks["onnx-qcdq"])
     keys = ("torch_test_top1", "optimized_test_top1", "test_change", "test_discordant", "integer_convs", "convs",
             "qcdq_ms_1", "float_ms_1", "qcdq_ms_64", "float_ms_64", "ok")
     return {"net": net, **{k: check[k] for k in keys}}

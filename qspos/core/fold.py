@@ -70,9 +70,7 @@ def deployment_net(model: nn.Module, calib: Tensor | None, outputs: list[str] | 
     ``outputs``: the convs whose output to quantize, as
     :func:`output_quantized_convs` names them (a saved deployment net rebuilt to load its state:
     ``calib`` may then be None). A net already in this form is left as it is."""
-    folded = fold_batchnorm(model)
-    float_biases = float_bias_convs(folded)
-    return quantize_conv_outputs(exact_zero_channel_biases(quantize_biases(folded), float_biases), calib, outputs)
+    return quantize_conv_outputs(int32_biases(fold_batchnorm(model)), calib, outputs)
 
 
 def output_quantized_convs(model: nn.Module) -> list[str]:
@@ -124,13 +122,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def float_bias_convs(model: nn.Module) -> list[str]:
-    """The quantized convs, in the order the net runs them, whose input is quantized and whose bias
-    is not (yet): the biases an integer conv would add unseen by the net."""
-    modules = dict(model.named_modules())
-    return [node.target for node in _Leaves().trace(model).nodes if node.op == "call_module"
-            and isinstance(conv := modules[node.target], QuantConv2d) and conv.bias is not None
-            and conv.input_quant.is_quant_enabled and conv.weight_quant.is_quant_enabled
-            and not conv.bias_quant.is_quant_enabled]
+    """The quantized convs whose input is quantized and whose bias is not (yet): the biases an
+    integer conv would add unseen by the net."""
+    return [name for name, conv in model.named_modules() if isinstance(conv, QuantConv2d)
+            and conv.bias is not None and conv.input_quant.is_quant_enabled
+            and conv.weight_quant.is_quant_enabled and not conv.bias_quant.is_quant_enabled]
 
 
 @torch.no_grad()
@@ -144,6 +140,14 @@ def quantize_biases(model: nn.Module) -> nn.Module:
         QuantBiasMixin.__init__(conv, bias_quant=Int32Bias)
         conv.bias = nn.Parameter(bias.detach().clone())
     return model
+
+
+def int32_biases(model: nn.Module) -> nn.Module:
+    """``model`` (changed in place and returned) with its float conv biases int32, as the deployment
+    net holds them: rounded (:func:`quantize_biases`), exact on all-zero channels
+    (:func:`exact_zero_channel_biases`)."""
+    names = float_bias_convs(model)  # before quantize_biases makes them int32
+    return exact_zero_channel_biases(quantize_biases(model), names)
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ def test_a_channel_whose_codes_are_all_zero_keeps_its_bias_exactly_and_the_other
         conv.weight[0] = 0
         conv.weight_quant.tensor_quant.scaling_impl.value[0] *= 1e4
         conv.bias[0] = 0.3
-    assert float_bias_convs(folded)[:2] == ["conv1", name]  # in the order the net runs them
+    assert float_bias_convs(folded)[:2] == ["conv1", name]
     rounded = quantize_biases(copy.deepcopy(folded))
     exact = exact_zero_channel_biases(quantize_biases(copy.deepcopy(folded)), float_bias_convs(folded))
     x = torch.rand(8, 4, 12, 12)
