@@ -3,8 +3,10 @@
 
 Steps: the fine-tuned net; BatchNorm folded (exact on the weight codes); biases int32 at the
 accumulator's scale (what an integer conv adds), rounded; the same with the biases of channels
-whose codes are all zero made exact (``core.fold.int32_biases``); the deployment net
-that export writes (those biases, 8-bit conv outputs calibrated by their max).
+whose codes are all zero made exact (``core.fold.int32_biases``); the same with the weights as
+int8 codes, each channel's codes times a whole factor and its scale divided by it, so that the
+biases are rounded at a finer step (``core.fold.int8_weight_codes``); the deployment net that
+export writes (those weights and biases, 8-bit conv outputs calibrated by their max).
 
     .venv/bin/python benchmarks/bench_deploy_rounding.py RUN_DIR NET [NET ...] [--name deploy_rounding]
 
@@ -30,17 +32,22 @@ from qspos.stages.export import first_batches
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases (zero channels exact)",
-         "+ 8-bit outputs (deployed)")
+         "+ int8 weight codes (finer bias steps)", "+ 8-bit outputs (deployed)")
 
 
 def exact_zero_channels(model: torch.nn.Module) -> torch.nn.Module:
     return fold.int32_biases(fold.fold_batchnorm(model))
 
 
+def int8_codes(model: torch.nn.Module) -> torch.nn.Module:
+    folded = fold.fold_batchnorm(model)
+    return fold.int32_biases(fold.int8_weight_codes(folded, fold.float_bias_convs(folded)))
+
+
 def measure(run: Path, name: str, cfg, test, calib) -> dict:
     model, arch = load_finetuned(cfg, run / "finetune" / name / "model.pt")
     nets = [model, fold.fold_batchnorm(model), fold.quantize_biases(fold.fold_batchnorm(model)),
-            exact_zero_channels(model), fold.deployment_net(model, calib)]
+            exact_zero_channels(model), int8_codes(model), fold.deployment_net(model, calib, int8_codes=True)]
     return {"net": name, "arch": arch.digest(), **{s: evaluate_top1(m, test, "cpu")[0] for s, m in zip(STEPS, nets)}}
 
 

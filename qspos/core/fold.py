@@ -36,14 +36,15 @@ import operator
 import torch
 import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity
-from brevitas.nn.mixin.parameter import QuantBiasMixin
+from brevitas.nn.mixin.parameter import QuantBiasMixin, QuantWeightMixin
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from brevitas.quant import Int32Bias
 from torch import Tensor, fx, nn
 
-from qspos.core.layers import SignedActQuant
+from qspos.core.layers import SignedActQuant, WeightQuant
 
 INT16_MAX = 2 ** 15 - 1
+INT8_CODE_MAX = 127  # the largest int8 weight code of the narrow range
 OUTPUT_BITS = 8  # a conv output quantized for deployment: int8, what QLinearConv writes
 PASS_THROUGH_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6)  # what a quantize step after them may absorb
 PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.relu6)
@@ -62,15 +63,22 @@ class _Leaves(fx.Tracer):
             super().is_leaf_module(m, qualname)
 
 
-def deployment_net(model: nn.Module, calib: Tensor | None, outputs: list[str] | None = None) -> nn.Module:
+def deployment_net(model: nn.Module, calib: Tensor | None, outputs: list[str] | None = None,
+                   int8_codes: bool = False) -> nn.Module:
     """``model`` as an int8 engine runs it: BatchNorm folded (:func:`fold_batchnorm`), every conv
     bias int32 (:func:`quantize_biases`, exact on channels whose codes are all zero:
     :func:`exact_zero_channel_biases`), every conv output that no quantizer follows quantized
     (:func:`quantize_conv_outputs`, calibrated on ``calib``, images of the training split).
     ``outputs``: the convs whose output to quantize, as
     :func:`output_quantized_convs` names them (a saved deployment net rebuilt to load its state:
-    ``calib`` may then be None). A net already in this form is left as it is."""
-    return quantize_conv_outputs(int32_biases(fold_batchnorm(model)), calib, outputs)
+    ``calib`` may then be None). ``int8_codes``: the folded weights as the int8 codes a file holds,
+    with accumulator steps finer than their bits allow (:func:`int8_weight_codes`; for export only:
+    a net that goes on training keeps its low-bit quantizers). A net already in this form is left
+    as it is."""
+    model = fold_batchnorm(model)
+    if int8_codes:
+        int8_weight_codes(model, float_bias_convs(model))
+    return quantize_conv_outputs(int32_biases(model), calib, outputs)
 
 
 def output_quantized_convs(model: nn.Module) -> list[str]:
@@ -148,6 +156,36 @@ def int32_biases(model: nn.Module) -> nn.Module:
     (:func:`exact_zero_channel_biases`)."""
     names = float_bias_convs(model)  # before quantize_biases makes them int32
     return exact_zero_channel_biases(quantize_biases(model), names)
+
+
+@torch.no_grad()
+def int8_weight_codes(model: nn.Module, names: list[str]) -> nn.Module:
+    """``model`` (changed in place and returned) with the low-bit weights of the convs ``names``
+    quantized as 8-bit: each channel's codes times the largest whole ``k`` that keeps them in the
+    int8 narrow range and its int16 pairs exact (:func:`int16_pairs_fit`), its scale divided by
+    ``k``. The weights are the same; the accumulator's step (input scale times weight scale) is
+    ``k`` times finer, and so is the rounding of the int32 bias that an integer conv adds.
+
+    Why: an int8 engine reads int8 weight codes whatever their bits, and a 1-2-bit channel's
+    accumulator step is large against its folded bias: rounding the biases to whole steps cost
+    MobileNetV2's uniform W2A2 net 4.0 test points (``deploy_rounding_mobilenet_v2_uniform.md``),
+    at steps up to 127 times finer 0.3."""
+    for name in names:
+        conv = model.get_submodule(name)
+        weight = conv.quant_weight()
+        if int(weight.bit_width) >= OUTPUT_BITS:
+            continue
+        bits = int(conv.input_quant.bit_width())
+        largest_input = 255 if conv.input_quant.is_signed else 2 ** bits - 1
+        limit = min(INT8_CODE_MAX, INT16_MAX // (2 * largest_input))
+        largest = weight.int().flatten(1).abs().amax(1).clamp_min(1)
+        k = (limit // largest).clamp_min(1)
+        channel = (-1,) + (1,) * (conv.weight.dim() - 1)
+        threshold = (weight.scale.flatten() / k * INT8_CODE_MAX).view(channel)
+        conv.weight.copy_(weight.value)
+        QuantWeightMixin.__init__(conv, weight_quant=WeightQuant, weight_bit_width=OUTPUT_BITS,
+                                  weight_scaling_init=threshold)
+    return model
 
 
 @torch.no_grad()

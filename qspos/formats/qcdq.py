@@ -5,9 +5,12 @@ The file holds the fine-tuned net's deployment form (:mod:`qspos.core.fold`): Ba
 into the weights, int32 biases at the accumulator's scale, and a quantize step after every conv,
 so that onnxruntime's optimised graph runs the convs as integer kernels (QLinearConv); a conv whose
 integer products may overflow the int16 pairs of x86 kernels without VNNI (8-bit weights on 8-bit
-inputs) stays a float conv (:mod:`qspos.formats.qcdq_graph`). Sub-8-bit
-values are int8/uint8 containers with an integer Clip to their k-bit range; 1-bit (binary) weights
-are integers -1/+1 in a narrow 2-bit range times their per-channel scale
+inputs) stays a float conv (:mod:`qspos.formats.qcdq_graph`). Sub-8-bit activations are
+uint8/int8 containers with an integer Clip to their k-bit range. The weights of a folded conv are
+int8 codes: each channel's k-bit codes times a whole factor, its scale divided by it
+(:func:`qspos.core.fold.int8_weight_codes`), the same weights at a finer accumulator step, so that
+its int32 bias is rounded finely; the low-bit codes themselves are in ``weights.bin``. Other
+1-bit (binary) weights are integers -1/+1 in a narrow 2-bit range times their per-channel scale
 (:mod:`qspos.formats.brevitas_qcdq`).
 
 The check runs the file in onnxruntime as written (graph optimizations off) and optimised; both
@@ -120,8 +123,8 @@ def wider_than(model: nn.Module, bits: int) -> str | None:
 
 def deployed(ref: Reference) -> nn.Module:
     """The deployment net of the reference's (calibrated on its training images, else on the
-    first checked batch)."""
-    return deployment_net(ref.model, ref.calib if ref.calib is not None else ref.batches[0])
+    first checked batch), its weights the int8 codes the file holds."""
+    return deployment_net(ref.model, ref.calib if ref.calib is not None else ref.batches[0], int8_codes=True)
 
 
 def write(ref: Reference, out: Path, metadata: Mapping[str, Any]) -> str:

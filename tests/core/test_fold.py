@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from brevitas.nn import QuantConv2d, QuantIdentity
 from torch import nn
@@ -15,6 +16,7 @@ from qspos.core.fold import (
     exact_zero_channel_biases,
     float_bias_convs,
     fold_batchnorm,
+    int8_weight_codes,
     int16_pairs_exact,
     int16_pairs_fit,
     output_quantized_convs,
@@ -66,6 +68,31 @@ def test_a_channel_whose_codes_are_all_zero_keeps_its_bias_exactly_and_the_other
     assert torch.equal(layer.quant_weight().int(), rounded.get_submodule(name).quant_weight().int())
     bias = layer.bias_quant(layer.bias, layer.input_quant(x), layer.quant_weight())
     assert bias.int()[0] == 1 and torch.allclose(bias.value / bias.scale.flatten(), bias.int().float())
+
+
+@pytest.mark.parametrize("w_bits", [1, 2, 4])
+def test_int8_weight_codes_keep_every_weight_and_make_the_bias_steps_finer(w_bits):
+    _, model, _ = tiny_net(w_bits, 2)
+    folded = fold_batchnorm(model)
+    names = float_bias_convs(folded)
+    coded = int8_weight_codes(copy.deepcopy(folded), names)
+    x = torch.rand(8, 4, 12, 12)
+    for name in names:
+        low, high = folded.get_submodule(name), coded.get_submodule(name)
+        codes, wide = low.quant_weight().int(), high.quant_weight().int()
+        k = (wide.flatten(1).abs().amax(1) / codes.flatten(1).abs().amax(1).clamp_min(1)).round()
+        shape = (-1,) + (1,) * (codes.dim() - 1)
+        assert torch.equal(wide, codes * k.view(shape).int()), name  # each channel's codes times a whole k
+        assert torch.allclose(high.quant_weight().value, low.quant_weight().value, rtol=1e-6, atol=0), name
+        assert int(high.quant_weight().bit_width) == 8 and int(wide.abs().max()) <= 127
+        assert int16_pairs_exact(high) == int16_pairs_exact(low), name
+        if name != "conv1":  # 2-bit inputs: every channel up to the int8 range
+            assert int(k.min()) == 127 // max(1, 2 ** (w_bits - 1) - 1), name
+    rounded, finer = quantize_biases(copy.deepcopy(folded)), quantize_biases(coded)
+    name = "layer1.0.conv1"
+    with torch.no_grad():
+        exact, coarse, fine = (net.get_submodule(name)(x) for net in (folded, rounded, finer))
+    assert (fine - exact).abs().max() < (coarse - exact).abs().max() / 10
 
 
 def test_the_deployment_net_quantizes_the_conv_outputs_that_reach_an_add():

@@ -120,7 +120,9 @@ def test_a_converted_fire_module_net_with_binary_weights_passes_every_check(tmp_
     assert {e["name"]: e["encoding"] for e in header}["dw"] == "binary"
 
 
-def test_binary_weights_export_to_qcdq_as_narrow_2bit_integers_with_parity(tmp_path, perturb):
+def test_binary_weights_export_to_qcdq_as_int8_codes_with_parity(tmp_path, perturb):
+    """Folded binary convs hold their codes -1/+1 times 127 (``core.fold.int8_weight_codes``), so
+    their int32 biases are rounded at a step 127 times finer."""
     run_dir, net = _finetuned_run(tmp_path, perturb, 1)
     model, _ = load_finetuned(RunDir(run_dir).read_config(), net.dir / "model.pt")
     n_binary = sum(int(layer.quant_weight().bit_width) == 1 for _, layer in quant_layers(model))
@@ -129,13 +131,13 @@ def test_binary_weights_export_to_qcdq_as_narrow_2bit_integers_with_parity(tmp_p
     assert res.checks["onnx-qcdq"].max_abs_logit_diff < 1e-4 and res.checks["qonnx"].max_abs_logit_diff < 1e-4
     graph = onnx.load(res.dir / "model_qcdq.onnx").graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    binary = []  # integer weights with codes -1/+1 only, clipped to [-1, 1] before DequantizeLinear
+    binary = []  # integer weights with codes -127/+127 only, clipped to [-127, 127] before DequantizeLinear
     for node in graph.node:
         codes = inits.get(node.input[0])
         if node.op_type == "Clip" and codes is not None and codes.dtype == np.int8:
-            if set(np.unique(codes)) <= {-1, 1}:
+            if set(np.unique(codes)) <= {-127, 127}:
                 binary.append((int(inits[node.input[1]]), int(inits[node.input[2]])))
-    assert n_binary == 8 and len(binary) == n_binary and set(binary) == {(-1, 1)}  # ResNet-8's searched convs
+    assert n_binary == 8 and len(binary) == n_binary and set(binary) == {(-127, 127)}  # ResNet-8's searched convs
     assert {"BipolarQuant", "Quant"} <= {n.op_type for n in onnx.load(res.dir / "model_qonnx.onnx").graph.node}
 
 
