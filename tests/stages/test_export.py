@@ -121,8 +121,8 @@ def test_a_converted_fire_module_net_with_binary_weights_passes_every_check(tmp_
 
 
 def test_binary_weights_export_to_qcdq_as_int8_codes_with_parity(tmp_path, perturb):
-    """Folded binary convs hold their codes -1/+1 times 127 (``core.fold.int8_weight_codes``), so
-    their int32 biases are rounded at a step 127 times finer."""
+    """Folded binary convs hold their codes -1/+1 times 64 (``core.fold.int8_weight_codes``), so
+    their int32 biases are rounded at a step 64 times finer."""
     run_dir, net = _finetuned_run(tmp_path, perturb, 1)
     model, _ = load_finetuned(RunDir(run_dir).read_config(), net.dir / "model.pt")
     n_binary = sum(int(layer.quant_weight().bit_width) == 1 for _, layer in quant_layers(model))
@@ -131,11 +131,11 @@ def test_binary_weights_export_to_qcdq_as_int8_codes_with_parity(tmp_path, pertu
     assert res.checks["onnx-qcdq"].max_abs_logit_diff < 1e-4 and res.checks["qonnx"].max_abs_logit_diff < 1e-4
     graph = onnx.load(res.dir / "model_qcdq.onnx").graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    binary = []  # integer weights with codes -127/+127 only, clipped to [-127, 127] before DequantizeLinear
+    binary = []  # integer weights with codes -64/+64 only, clipped to [-127, 127] before DequantizeLinear
     for node in graph.node:
         codes = inits.get(node.input[0])
         if node.op_type == "Clip" and codes is not None and codes.dtype == np.int8:
-            if set(np.unique(codes)) <= {-127, 127}:
+            if set(np.unique(codes)) <= {-64, 64}:
                 binary.append((int(inits[node.input[1]]), int(inits[node.input[2]])))
     assert n_binary == 8 and len(binary) == n_binary and set(binary) == {(-127, 127)}  # ResNet-8's searched convs
     assert {"BipolarQuant", "Quant"} <= {n.op_type for n in onnx.load(res.dir / "model_qonnx.onnx").graph.node}
