@@ -44,12 +44,13 @@ from torch import Tensor, fx, nn
 from qspos.core.layers import SignedActQuant, WeightQuant
 
 INT16_MAX = 2 ** 15 - 1
-INT8_CODE_MAX = 127  # the largest int8 weight code of the narrow range
+INT8_BITS = 8
+INT8_CODE_MAX = 2 ** (INT8_BITS - 1) - 1  # the largest int8 weight code of the narrow range
 # The largest scaled weight code (int8_weight_codes): int16 pairs exact on any uint8 input
 # (int16_pairs_fit(255, 64)); onnxruntime's x86 kernels without VNNI misread larger ones even on
 # 4-bit inputs (MobileNetV2's uniform W2A4 at codes up to 127: 91% of checked images matched).
 SCALED_CODE_MAX = 64
-OUTPUT_BITS = 8  # a conv output quantized for deployment: int8, what QLinearConv writes
+OUTPUT_BITS = INT8_BITS  # a conv output quantized for deployment: int8, what QLinearConv writes
 PASS_THROUGH_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6)  # what a quantize step after them may absorb
 PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.relu6)
 
@@ -167,8 +168,8 @@ def int8_weight_codes(model: nn.Module, names: list[str]) -> nn.Module:
     """``model`` (changed in place and returned) with the low-bit weights of the convs ``names``
     quantized as 8-bit: each channel's codes times the largest whole ``k`` that keeps them within
     ``SCALED_CODE_MAX`` (int16 pairs exact on any input: :func:`int16_pairs_fit`), its scale
-    divided by ``k``. The weights are the same; the accumulator's step (input scale times weight scale) is
-    ``k`` times finer, and so is the rounding of the int32 bias that an integer conv adds.
+    divided by ``k``. The weights are the same; the accumulator's step (input scale times weight
+    scale) is ``k`` times finer, and so is the rounding of the int32 bias that an integer conv adds.
 
     Why: an int8 engine reads int8 weight codes whatever their bits, and a 1-2-bit channel's
     accumulator step is large against its folded bias: rounding the biases to whole steps cost
@@ -178,14 +179,14 @@ def int8_weight_codes(model: nn.Module, names: list[str]) -> nn.Module:
     for name in names:
         conv = model.get_submodule(name)
         weight = conv.quant_weight()
-        if int(weight.bit_width) >= OUTPUT_BITS:
+        if int(weight.bit_width) >= INT8_BITS:
             continue
         largest = weight.int().flatten(1).abs().amax(1).clamp_min(1)
         k = (SCALED_CODE_MAX // largest).clamp_min(1)
         channel = (-1,) + (1,) * (conv.weight.dim() - 1)
         threshold = (weight.scale.flatten() / k * INT8_CODE_MAX).view(channel)
         conv.weight.copy_(weight.value)
-        QuantWeightMixin.__init__(conv, weight_quant=WeightQuant, weight_bit_width=OUTPUT_BITS,
+        QuantWeightMixin.__init__(conv, weight_quant=WeightQuant, weight_bit_width=INT8_BITS,
                                   weight_scaling_init=threshold)
     return model
 
