@@ -12,12 +12,12 @@ search runs its random baseline only there),
 and the targets of ``benchmarks/configs/accuracy2_targets.yaml``; ResNet-14's first seed adds 8
 ranking nets inside the w2a2 band (``--rank-band w2a2 --rank-archs 8``). Its checkpoints go to
 ``WORK/<net>``, its results to ``OUT/<net>`` (results.json, results.md, accuracy.png) and its
-state (every measured net's files, no checkpoints) to ``OUT/<net>/state`` after every finished
-piece. ``--resume`` continues from that state where ``WORK`` lacks it, so a fresh clone goes on
-from the committed results: a measured net is never redone. ``OUT/results.json`` and
+state (every measured net's files, each seed's supernet and search checkpoints) to
+``OUT/<net>/state`` after every finished piece. ``--resume`` continues from that state where
+``WORK`` lacks it, so a fresh clone goes on from the committed results: a measured net is never
+redone, and a seed's nets come from one supernet. ``OUT/results.json`` and
 ``results.md`` combine the nets and judge the targets across them. ``--nets`` and ``--seed`` run a
-subset (one net's seed per session: a seed cut short would retrain its supernet, and its nets
-would come from two supernets); the combined files always cover every net that has results.
+subset; the combined files always cover every net that has results.
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ def main() -> None:
     parser.add_argument("--nets", type=_names, default=list(NETS), help="which nets to run (default: all)")
     parser.add_argument("--seeds", type=int, default=3, help="the benchmark's seeds 0..N-1 (default 3)")
     parser.add_argument("--seed", type=int, action="append", default=None, dest="train_seeds",
-                        help="train only this seed (repeatable; default all): one seed per piece keeps each seed's "
-                        "nets on one supernet")
+                        help="train only this seed (repeatable; default all)")
     parser.add_argument("--work", default="runs/bench_accuracy2", help="checkpoints (default runs/bench_accuracy2)")
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy2"), help="results and state")
     parser.add_argument("--resume", action="store_true", help="continue the benchmark (from the state where "

@@ -126,8 +126,9 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank-band", metavar="NAME", help="draw the ranking sample inside this budget's band, spread "
                    "over the supernet's score (default: over the whole BitOps range)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the results from the finished nets")
-    p.add_argument("--state", metavar="DIR", help="keep the measured nets' files (no checkpoints) in DIR after every "
-                   "piece, and continue from them with --resume (e.g. committed beside the results)")
+    p.add_argument("--state", metavar="DIR", help="keep the measured nets' files and each seed's supernet and search "
+                   "checkpoints (not the fine-tuned nets') in DIR after every piece, and continue from them with "
+                   "--resume (e.g. committed beside the results)")
     p.add_argument("--targets", metavar="TARGETS.yaml", help="judge the results against the benchmark's targets "
                    "(e.g. benchmarks/configs/accuracy_targets.yaml)")
 

@@ -109,6 +109,7 @@ class RunDir:
 
     CONFIG, SUPERNET, METRICS, REPORT = "config.yaml", "supernet.pt", "metrics.jsonl", "report.md"
     SEARCH, FINETUNE, EXPORT, TENSORBOARD = "search", "finetune", "export", "tensorboard"
+    SEARCH_STATE = "state.pt"  # in SEARCH
     # a finished search's files (results.json is written first: alone, the search may have been cut)
     SEARCH_OUTPUTS = ("results.json", "pareto.md", "pareto.png")
     # what a stage leaves here: any of them there means the directory is in use
@@ -160,7 +161,7 @@ class RunDir:
 
     @property
     def search_state(self) -> Path:
-        return self.search / "state.pt"
+        return self.search / self.SEARCH_STATE
 
     @property
     def search_results(self) -> Path:

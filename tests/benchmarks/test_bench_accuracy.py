@@ -192,6 +192,27 @@ def test_results_alone_continue_a_benchmark_on_a_fresh_machine(tmp_path):
     assert _finished(fresh) == trained and not (fresh / "seed0/supernet.pt").exists()
 
 
+def test_a_committed_state_continues_a_seed_on_its_own_supernet_and_search(tmp_path):
+    """With ``state``, the supernet and the search's checkpoint travel with the results: a fresh
+    machine fine-tunes the missing net from them instead of training and searching again (a
+    supernet retrained on another CPU would be another one)."""
+    cfg = load_config(TINY)
+    work, fresh, out, state = tmp_path / "work", tmp_path / "fresh", tmp_path / "out", tmp_path / "state"
+    plan = Plan(seeds=1, parts=("float", "uniform", "searched"), uniform=((2, 2),))
+    run_bench(cfg, work, out, plan, state=state)
+    assert (state / "seed0/supernet.pt").is_file() and (state / "seed0/search/state.pt").is_file()
+    assert not [p for p in state.rglob("*.pt") if "finetune" in p.parts]
+    (state / "seed0/finetune/searched-w2a2/result.json").unlink()
+    supernet, search = (state / "seed0/supernet.pt").read_bytes(), (state / "seed0/search/state.pt").read_bytes()
+
+    run_bench(cfg, fresh, out, plan, resume=True, state=state)
+    assert sorted(p.parent.name for p in fresh.rglob("model.pt")) == ["searched-w2a2"]
+    assert (fresh / "seed0/supernet.pt").read_bytes() == supernet
+    assert (fresh / "seed0/search/state.pt").read_bytes() == search
+    starts = [json.loads(line) for line in (fresh / "seed0/metrics.jsonl").read_text().splitlines()]
+    assert sum(e.get("stage") == "train" and e.get("event") == "start" for e in starts) == 1  # the first piece's
+
+
 def test_bad_requests_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(QsposError, match="unknown part 'floats'"):
         Plan(parts=("floats",))

@@ -87,9 +87,9 @@ def ranking_sample(plan: Plan, pool: Sequence[ParetoPoint], metrics: ArchMetrics
 
 def bench(cfg: Config, work: str | Path, plan: Plan = DEFAULT_PLAN,
           on_progress: Callable[[], object] | None = None, seeds: Sequence[int] | None = None) -> None:
-    """Train every net of ``plan`` (of its ``seeds`` only, when given: one seed per piece keeps a
-    seed's nets on one supernet) into ``work`` (see the module doc), skipping measured ones (the
-    float net, supernet, search and sensitivity run only when a net still to train needs them).
+    """Train every net of ``plan`` (of its ``seeds`` only, when given) into ``work`` (see the module
+    doc), skipping measured ones (the float net, supernet, search and sensitivity run only when a
+    net still to train needs them).
     ``on_progress`` runs after each finished piece (e.g. to rewrite the results)."""
     wd, parts, init = BenchDir(work), set(plan.parts), plan.init
     cfg = random_where_planned(cfg, plan)
@@ -176,10 +176,10 @@ def run_bench(cfg: Config, work: str | Path, out: str | Path, plan: Plan = DEFAU
     ``work`` in use is refused; with ``report_only`` it only rewrites the results (``plan`` still
     says what the complete benchmark holds). The results show ``plan`` resolved: its uniform
     pairs and its net's label (the config's name by default). With ``state``, the files that say
-    what was measured (no checkpoints, see ``bench.state``) are copied there after every finished
-    piece, and with ``resume`` copied back where ``work`` lacks them: a fresh machine continues the
-    benchmark from a committed ``state``. ``seeds``: train only these of the plan's seeds (the
-    results still judge all of them)."""
+    what was measured and each seed's supernet and search checkpoints (see ``bench.state``) are
+    copied there after every finished piece, and with ``resume`` copied back where ``work`` lacks
+    them: a fresh machine continues the benchmark from a committed ``state``. ``seeds``: train only
+    these of the plan's seeds (the results still judge all of them)."""
     wd = BenchDir(work)
     bad = [s for s in seeds or () if not 0 <= s < plan.seeds]
     if bad:

@@ -1,7 +1,10 @@
-"""A benchmark's state without its checkpoints: every file that says what was measured (each
-net's ``result.json``, its arch and layers, the searches, the sensitivity table, the configs, the
-logs and the ledger), in the work directory's layout. Committed beside the results, it continues
-the benchmark on a fresh machine: a measured net is never redone (see ``records.measured``)."""
+"""A benchmark's state: every file that says what was measured (each net's ``result.json``, its
+arch and layers, the searches, the sensitivity table, the configs, the logs and the ledger) and
+each seed's supernet and search checkpoints, in the work directory's layout; not the fine-tuned
+nets' checkpoints. Committed beside the results, it continues the benchmark on a fresh machine: a
+measured net is never redone (see ``records.measured``), and a seed's nets all come from one
+supernet and one search. Why the supernet too: float sums differ between CPUs (AVX2 against
+AVX-512), so a supernet retrained elsewhere is another supernet, and so is its search."""
 
 from __future__ import annotations
 
@@ -9,13 +12,16 @@ import shutil
 from pathlib import Path
 
 from qspos.runtime.files import atomic_path
+from qspos.runtime.rundir import RunDir
 
-STATE_FILES = ("result.json", "arch.yaml", "layers.json", "config.yaml", "metrics.jsonl", "results.json",
-               "sensitivity.json", "pareto.md", "ledger.json")
+STATE_FILES = ("result.json", "arch.yaml", "layers.json", "config.yaml", "metrics.jsonl", "sensitivity.json",
+               "ledger.json", *RunDir.SEARCH_OUTPUTS)
+CHECKPOINTS = (RunDir.SUPERNET, f"{RunDir.SEARCH}/{RunDir.SEARCH_STATE}")  # relative to a seed's run directory
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name in STATE_FILES)
+    return sorted(p for p in root.rglob("*") if p.is_file() and (
+        p.name in STATE_FILES or any(p.relative_to(root).as_posix().endswith(f"/{c}") for c in CHECKPOINTS)))
 
 
 def save_state(work: str | Path, dest: str | Path) -> int:
