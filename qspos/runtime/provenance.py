@@ -22,6 +22,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# the vector extensions that decide which float and integer kernels run: two CPUs that differ in them
+# sum floats in another order (a supernet retrained there is another one) and saturate int8 pairs
+# differently (benchmarks/bench_int8_conv.py)
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """Which of ``VECTOR_FLAGS`` the processor has (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in VECTOR_FLAGS if f in words]
+
+
 # what produces the numbers: an uncommitted change here means the commit alone does not say
 CODE_PATHS = ("qspos", "quant_kernels", ":(glob)benchmarks/*.py", "benchmarks/configs", "configs")
 
@@ -42,7 +57,8 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def machine() -> str:
-    cpu = cpu_name()
+    flags = cpu_flags()
+    cpu = cpu_name() + (f" ({', '.join(flags)})" if flags else "")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (f"{cpu}, {os.cpu_count()} logical CPUs (load average {load} at the start), "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")

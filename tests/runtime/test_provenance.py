@@ -25,6 +25,8 @@ def test_commit_says_when_the_code_differs_from_it(tmp_path):
     assert git_commit(tmp_path) == f"{head}+modified"
 
 
-def test_machine_names_cpu_count_and_torch():
+def test_machine_names_cpu_count_vector_extensions_and_torch(monkeypatch):
     m = machine()
     assert "logical CPUs" in m and "torch" in m
+    monkeypatch.setattr("qspos.runtime.provenance.cpu_flags", lambda: ["avx2", "avx512f"])
+    assert "(avx2, avx512f), " in machine()
