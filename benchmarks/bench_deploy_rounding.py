@@ -35,19 +35,11 @@ STEPS = ("fine-tuned", "BN folded", "+ int32 biases (rounded)", "+ int32 biases 
          "+ int8 weight codes (finer bias steps)", "+ 8-bit outputs (deployed)")
 
 
-def exact_zero_channels(model: torch.nn.Module) -> torch.nn.Module:
-    return fold.int32_biases(fold.fold_batchnorm(model))
-
-
-def int8_codes(model: torch.nn.Module) -> torch.nn.Module:
-    folded = fold.fold_batchnorm(model)
-    return fold.int32_biases(fold.int8_weight_codes(folded, fold.float_bias_convs(folded)))
-
-
 def measure(run: Path, name: str, cfg, test, calib) -> dict:
     model, arch = load_finetuned(cfg, run / "finetune" / name / "model.pt")
     nets = [model, fold.fold_batchnorm(model), fold.quantize_biases(fold.fold_batchnorm(model)),
-            exact_zero_channels(model), int8_codes(model), fold.deployment_net(model, calib, int8_codes=True)]
+            fold.folded_int32(model), fold.folded_int32(model, int8_codes=True),
+            fold.deployment_net(model, calib, int8_codes=True)]
     return {"net": name, "arch": arch.digest(), **{s: evaluate_top1(m, test, "cpu")[0] for s, m in zip(STEPS, nets)}}
 
 

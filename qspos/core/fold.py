@@ -81,10 +81,17 @@ def deployment_net(model: nn.Module, calib: Tensor | None, outputs: list[str] | 
     with accumulator steps finer than their bits allow (:func:`int8_weight_codes`; for export only:
     a net that goes on training keeps its low-bit quantizers). A net already in this form is left
     as it is."""
+    return quantize_conv_outputs(folded_int32(model, int8_codes), calib, outputs)
+
+
+def folded_int32(model: nn.Module, int8_codes: bool = False) -> nn.Module:
+    """``model`` with BatchNorm folded and int32 biases (:func:`int32_biases`), its weights as int8
+    codes with ``int8_codes`` (:func:`int8_weight_codes`): :func:`deployment_net` before its conv
+    outputs are quantized."""
     model = fold_batchnorm(model)
     if int8_codes:
         int8_weight_codes(model, float_bias_convs(model))
-    return quantize_conv_outputs(int32_biases(model), calib, outputs)
+    return int32_biases(model)
 
 
 def output_quantized_convs(model: nn.Module) -> list[str]:
