@@ -69,11 +69,15 @@ def test_two_nets_in_pieces_combined_and_continued_from_the_state(tmp_path, monk
     assert len(ranked) == 2 and r14["ranking"]["band"] == "w2a2"
     assert all(0.9 * w2a2["bitops_max"] <= n["bitops"] <= w2a2["bitops_max"] for n in ranked)  # inside the band
     state = out / "resnet14" / "state"
-    assert len(list(state.rglob("result.json"))) == len(r14["nets"]) and not list(state.rglob("*.pt"))
+    assert len(list(state.rglob("result.json"))) == len(r14["nets"])
+    checkpoints = sorted(str(p.relative_to(state)) for p in state.rglob("*.pt"))
+    assert checkpoints == ["seed0/search/state.pt", "seed0/supernet.pt"]  # the seed's, not the nets'
+    supernet = (state / "seed0/supernet.pt").read_bytes()
 
     shutil.rmtree(work)  # a fresh clone: the committed results and state only
     _run(monkeypatch, module, *where, "--resume")
-    assert not list((work / "resnet14").rglob("*.pt"))  # every ResNet net measured: nothing retrained
+    assert not list((work / "resnet14").rglob("model.pt"))  # every ResNet net measured: nothing retrained
+    assert (work / "resnet14/seed0/supernet.pt").read_bytes() == supernet
     res = json.loads((out / "results.json").read_text())
     assert not res["partial"] and {n["net"] for n in res["nets"]} == {b["net"] for b in res["budgets"]} == set(MODELS)
     for n in res["nets"]:
