@@ -3,8 +3,9 @@
 Every ONNX file carries it in ``metadata_props`` (keys ``qspos.*``, values JSON), the packed
 header under ``"metadata"``, so that a deployment needs neither qspos nor the run's config:
 ``mean``/``std`` per channel (``x = (pixel / 255 - mean) / std``, null where the caller's own data
-normalised its images), ``input_shape`` (C, H, W), ``layout``, ``channel_order``, ``arch_digest``
-and ``qspos_version``.
+normalised its images), ``input_shape`` (C, H, W), ``layout``, ``channel_order``, ``arch`` (each
+choice point's weight and activation bits and width: a QCDQ file holds low-bit weights as scaled
+int8 codes, so the file alone does not show their bits), ``arch_digest`` and ``qspos_version``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def describe(cfg: Config, arch: Arch, test: Dataset) -> dict[str, Any]:
     channels = cfg.input_shape[0]
     return {"mean": mean, "std": std, "input_shape": list(cfg.input_shape), "layout": "NCHW",
             "channel_order": {1: "gray", 3: "RGB"}.get(channels, f"{channels} channels, as the data gives them"),
-            "arch_digest": arch.digest(), "qspos_version": __version__}
+            "arch": arch.to_dict(), "arch_digest": arch.digest(), "qspos_version": __version__}
 
 
 def normalization(data: Dataset) -> tuple[list[float] | None, list[float] | None]:

@@ -12,13 +12,15 @@ from torch.utils.data import TensorDataset
 from torchvision import transforms
 
 from qspos._version import __version__
+from qspos.core.arch import Arch
 from qspos.formats.metadata import normalization, onnx_metadata
 
 
 def test_the_metadata_says_the_preprocessing_and_the_net(written):
     assert written.metadata == {"mean": [0.5], "std": [0.25], "input_shape": [1, 12, 12], "layout": "NCHW",
-                                "channel_order": "gray", "arch_digest": written.arch.digest(),
-                                "qspos_version": __version__}
+                                "channel_order": "gray", "arch": written.arch.to_dict(),
+                                "arch_digest": written.arch.digest(), "qspos_version": __version__}
+    assert Arch.from_dict(written.metadata["arch"]) == written.arch
 
 
 @pytest.mark.parametrize("fmt", ["onnx-qcdq", "qonnx"])
