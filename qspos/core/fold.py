@@ -47,9 +47,10 @@ INT16_MAX = 2 ** 15 - 1
 INT8_BITS = 8
 INT8_CODE_MAX = 2 ** (INT8_BITS - 1) - 1  # the largest int8 weight code of the narrow range
 # The largest scaled weight code (int8_weight_codes): int16 pairs exact on any uint8 input
-# (int16_pairs_fit(255, 64)). onnxruntime's optimised session misread MobileNetV2's uniform W2A4
-# at codes up to 127 (91% of checked images matched) and its uniform W1A4 at 64 (85%; 100% at 32):
-# the kernel at fault is not found yet (benchmarks/results/export_trained/README.md).
+# (int16_pairs_fit(255, 64)). At 127 onnxruntime's AVX2 integer conv saturates on inputs above
+# 129 (benchmarks/results/int8_conv.md: exact exactly where the pairs fit); MobileNetV2's uniform
+# W1A4 once failed at 64 (85% of checked images matched) but did not again on another seed
+# (benchmarks/results/export_trained/README.md).
 SCALED_CODE_MAX = 64
 OUTPUT_BITS = INT8_BITS  # a conv output quantized for deployment: int8, what QLinearConv writes
 PASS_THROUGH_MODULES = (nn.Identity, nn.ReLU, nn.ReLU6)  # what a quantize step after them may absorb
